@@ -1,0 +1,157 @@
+"""The LightningDataModule: cohort → joined patients → patient-level split → fitted preprocessing.
+
+Everything that is fitted (tabular imputation/scaling/selection, class weights) sees training
+patients only. Bad input raises :class:`~lightning_fusion.data.cohort.DataError` in :meth:`setup`,
+before any training or tracking starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader
+
+from lightning_fusion.config import DataConfig, component_options
+from lightning_fusion.data.cohort import Cohort, DataError, JoinReport, class_counts, join_modalities, label_indices
+from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.splits import SPLITS, assert_disjoint, predefined_split, stratified_split
+from lightning_fusion.data.tabular import TabularPreprocessor
+from lightning_fusion.data.transforms import build_augmentation
+from lightning_fusion.models import ModalitySpec
+
+log = logging.getLogger(__name__)
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Batches of ``{modality: tensor, "label", "index", "patient_id"}`` for the configured modalities."""
+
+    def __init__(self, data: DataConfig, modalities: list[str]) -> None:
+        super().__init__()
+        self.config = data
+        self.modalities = list(modalities)
+        self.reader = READERS.create(data.reader["name"], component_options(data.reader, READERS))
+        self.root = Path(data.root).expanduser() if data.root else None
+        self.cohort: Cohort | None = None
+        self.join: JoinReport | None = None
+        self.splits: dict[str, list[str]] = {}
+        self.datasets: dict[str, MultimodalDataset] = {}
+        self.preprocessors: dict[str, TabularPreprocessor] = {}
+        self.class_weights: list[float] = []
+
+    # ---------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate package-made data (the demo cohort) once, on one process."""
+        self.reader.prepare(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cohort = self.reader.read(self.root)
+        join = join_modalities(cohort, self.modalities, self.config.exclude_labels)
+        # An excluded label (e.g. "borderline") is not a class of the model either.
+        cohort.classes = [c for c in cohort.classes if c not in self.config.exclude_labels]
+        labels = cohort.labels.loc[join.kept]
+        splits = self._split(cohort, labels)
+        assert_disjoint(splits)
+        missing_classes = [c for c, n in class_counts(labels.loc[splits["train"]], cohort.classes).items() if n == 0]
+        if missing_classes:
+            raise DataError(f"{cohort.name}: no training patients for class(es) {missing_classes}")
+        for name in SPLITS:
+            if not splits[name]:
+                raise DataError(f"{cohort.name}: the {name} split is empty ({len(join.kept)} patients in all)")
+        self.cohort, self.join, self.splits = cohort, join, splits
+        y = {name: label_indices(labels.loc[ids], cohort.classes) for name, ids in splits.items()}
+        arrays = self._load_arrays(cohort, splits, y["train"])
+        kinds = {m: cohort.modalities[m].kind for m in self.modalities}
+        augmentation = build_augmentation(self.config.augment)
+        self.datasets = {
+            name: MultimodalDataset(
+                splits[name], y[name], arrays[name], kinds, augmentation if name == "train" else None
+            )
+            for name in SPLITS
+        }
+        present = np.unique(y["train"])
+        weights = compute_class_weight("balanced", classes=present, y=y["train"])
+        self.class_weights = [float(weights[list(present).index(i)]) for i in range(len(cohort.classes))]
+        log.info("%s: %s", cohort.name, self.summary()["counts"])
+
+    def _split(self, cohort: Cohort, labels) -> dict[str, list[str]]:
+        if cohort.splits is not None and self.config.split.use_predefined:
+            return predefined_split(cohort.splits, list(labels.index))
+        fractions = {"train": self.config.split.train, "val": self.config.split.val, "test": self.config.split.test}
+        return stratified_split(labels, fractions, self.config.split.seed)
+
+    def _load_arrays(self, cohort: Cohort, splits: dict[str, list[str]], y_train: np.ndarray) -> dict[str, dict]:
+        arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in SPLITS}
+        for modality in self.modalities:
+            source = cohort.modalities[modality]
+            if source.kind == "image":
+                for name in SPLITS:
+                    arrays[name][modality] = source.load_many(splits[name], self.config.image_size)
+            elif source.kind == "vector":
+                preprocessor = TabularPreprocessor(self.config.tabular)
+                preprocessor.fit(source.rows(splits["train"]), y_train, source=source.source)
+                self.preprocessors[modality] = preprocessor
+                for name in SPLITS:
+                    arrays[name][modality] = preprocessor.transform(source.rows(splits[name]), source=source.source)
+            else:
+                raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+        return arrays
+
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        self._require_setup()
+        return list(self.cohort.classes)
+
+    @property
+    def specs(self) -> dict[str, ModalitySpec]:
+        """Kind and per-sample shape of each modality, as the model will see it."""
+        self._require_setup()
+        sample = self.datasets["train"][0]
+        return {m: ModalitySpec(self.cohort.modalities[m].kind, tuple(sample[m].shape)) for m in self.modalities}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split and class, exclusions, and the fitted preprocessing (plain data)."""
+        self._require_setup()
+        labels = self.cohort.labels
+        return {
+            "dataset": self.cohort.name,
+            "modalities": self.modalities,
+            "classes": self.cohort.classes,
+            "counts": {name: class_counts(labels.loc[ids], self.cohort.classes) for name, ids in self.splits.items()},
+            "excluded": self.join.counts(),
+            "excluded_patients": self.join.excluded,
+            "class_weights": dict(zip(self.cohort.classes, self.class_weights)),
+            "preprocessing": {m: p.summary() for m, p in self.preprocessors.items()},
+            "splits": self.splits,
+        }
+
+    def _require_setup(self) -> None:
+        if not self.datasets:
+            raise RuntimeError("call setup() first")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.config.batch_size,
+            shuffle=shuffle,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+            drop_last=shuffle and len(self.datasets[split]) > self.config.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,59 @@
+"""A torch Dataset of multimodal samples: dicts keyed by modality."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lightning_fusion.data.transforms import image_to_tensor
+
+
+class MultimodalDataset(Dataset):
+    """Samples ``{"image": (C, H, W), "tabular": (F,), "label": (), "index": (), "patient_id": str}``.
+
+    Args:
+        patient_ids: one id per sample.
+        labels: class index per sample.
+        arrays: modality → per-sample arrays; images ``(N, H, W, C)`` ``uint8``, vectors ``(N, F)``.
+        kinds: modality → ``image`` | ``vector`` | ``signal``.
+        image_transform: applied to image modalities (``(H, W, C)`` ``uint8`` → same), train only.
+    """
+
+    def __init__(
+        self,
+        patient_ids: Sequence[str],
+        labels: np.ndarray,
+        arrays: Mapping[str, np.ndarray],
+        kinds: Mapping[str, str],
+        image_transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        for modality, values in arrays.items():
+            if len(values) != len(patient_ids):
+                raise ValueError(f"{modality}: {len(values)} samples for {len(patient_ids)} patients")
+        self.patient_ids = list(patient_ids)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.arrays = dict(arrays)
+        self.kinds = dict(kinds)
+        self.image_transform = image_transform
+
+    def __len__(self) -> int:
+        return len(self.patient_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        for modality, values in self.arrays.items():
+            value = values[index]
+            if self.kinds[modality] == "image":
+                if self.image_transform is not None:
+                    value = self.image_transform(image=value)["image"]
+                sample[modality] = image_to_tensor(value)
+            else:
+                sample[modality] = torch.tensor(value, dtype=torch.float32)
+        sample["label"] = torch.tensor(self.labels[index])
+        sample["index"] = torch.tensor(index)
+        sample["patient_id"] = self.patient_ids[index]
+        return sample

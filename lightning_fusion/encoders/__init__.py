@@ -1,0 +1,15 @@
+"""Modality encoders: each maps one modality's batch tensor to a feature vector ``(B, out_features)``.
+
+Encoders register in :data:`ENCODERS` with ``input_kind`` (which modality kind they accept:
+``image`` ``(B, C, H, W)``, ``vector`` ``(B, F)``, ``signal`` ``(B, L, T)``) and ``config`` (the
+dataclass of their options). Every encoder is built as ``cls(input_shape, options)`` and exposes
+``out_features``.
+"""
+
+from lightning_fusion.registry import Registry
+
+ENCODERS: Registry = Registry("encoder")
+
+from lightning_fusion.encoders import image, tabular  # noqa: E402,F401  (register the built-ins)
+
+__all__ = ["ENCODERS"]

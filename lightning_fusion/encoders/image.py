@@ -1,0 +1,131 @@
+"""Image encoder: any timm backbone as a feature extractor, with optional 1×1 channel reduction.
+
+``timm.create_model(backbone, num_classes=0, in_chans=C)`` returns a network whose output is the
+pooled feature vector, so every timm model is an encoder. Multi-view stacks (e.g. 3 SPECT views ×
+RGB = 9 channels) can first pass through a learned 1×1 convolution down to 3 channels, as the MPI
+fusion study did, so an ImageNet backbone keeps its 3-channel stem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from lightning_fusion.encoders import ENCODERS
+
+# ImageNet statistics, tiled over channel groups of 3; other channel counts use a neutral 0.5/0.25.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had (offline, not cached, or a bad file)."""
+
+
+@dataclass
+class TimmImageEncoderConfig:
+    """Which timm backbone, which weights, and whether to reduce channels first."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False  # timm weights from the Hugging Face hub or its local cache
+    weights_path: str | None = None  # a local .safetensors/.pth file instead of the hub
+    reduce_channels: int | None = 3  # 1×1 conv C → n in front of the backbone; null feeds all C channels
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not timm.is_model(self.backbone):
+            close = difflib.get_close_matches(self.backbone, timm.list_models(), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"unknown timm backbone {self.backbone!r}{hint} (see timm.list_models())")
+        if self.reduce_channels is not None and self.reduce_channels < 1:
+            raise ValueError(f"reduce_channels must be >= 1 or null, got {self.reduce_channels}")
+        if self.weights_path is not None and not Path(self.weights_path).is_file():
+            raise ValueError(f"weights_path {self.weights_path!r} is not a file")
+
+
+@ENCODERS.register("timm", input_kind="image", config=TimmImageEncoderConfig)
+class TimmImageEncoder(nn.Module):
+    """``(B, C, H, W)`` images in [0, 1] → ``(B, num_features)`` pooled backbone features."""
+
+    def __init__(self, input_shape: tuple[int, ...], options: TimmImageEncoderConfig) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"the timm encoder takes images (C, H, W), got input shape {input_shape}")
+        channels = input_shape[0]
+        mean, std = _normalisation(channels)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        backbone_channels = channels
+        self.reduce: nn.Module = nn.Identity()
+        if options.reduce_channels is not None and options.reduce_channels != channels:
+            self.reduce = nn.Conv2d(channels, options.reduce_channels, kernel_size=1)
+            backbone_channels = options.reduce_channels
+        self.backbone = create_backbone(options, backbone_channels)
+        self.out_features = int(self.backbone.num_features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.reduce((images - self.mean) / self.std))
+
+
+def _normalisation(channels: int) -> tuple[list[float], list[float]]:
+    if channels % 3 == 0:
+        return list(_IMAGENET_MEAN) * (channels // 3), list(_IMAGENET_STD) * (channels // 3)
+    return [0.5] * channels, [0.25] * channels
+
+
+def create_backbone(options: TimmImageEncoderConfig, in_chans: int) -> nn.Module:
+    """Create the timm feature extractor, loading weights from a local file or the hub cache.
+
+    Fails at once with :class:`PretrainedWeightsError` when pretrained weights are asked for but the
+    hub is offline (``HF_HUB_OFFLINE=1``) and they are not in the local cache.
+    """
+    kwargs = {"num_classes": 0, "in_chans": in_chans, "drop_rate": options.drop_rate}
+    if options.weights_path:
+        # timm's own loader: drops the classifier, adapts the stem to in_chans.
+        overlay = {"file": str(Path(options.weights_path).resolve())}
+        try:
+            return timm.create_model(options.backbone, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except Exception as err:
+            raise PretrainedWeightsError(
+                f"could not load weights for {options.backbone!r} from {options.weights_path}: {err}"
+            ) from err
+    if not options.pretrained:
+        return timm.create_model(options.backbone, pretrained=False, **kwargs)
+    if _hub_offline() and not _in_hub_cache(options.backbone):
+        raise PretrainedWeightsError(
+            f"pretrained weights for {options.backbone!r} are not in the local Hugging Face cache and "
+            "HF_HUB_OFFLINE is set; download them once where the hub is reachable, or set "
+            "model.encoders.<modality>.weights_path to a local .safetensors/.pth file, "
+            "or use pretrained: false"
+        )
+    try:
+        return timm.create_model(options.backbone, pretrained=True, **kwargs)
+    except Exception as err:
+        raise PretrainedWeightsError(
+            f"could not get pretrained weights for {options.backbone!r} ({type(err).__name__}: {err}); "
+            "set weights_path to a local file or use pretrained: false"
+        ) from err
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(backbone: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
+    repo = repo.split("@")[0]
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return True
+    return False

@@ -1,0 +1,103 @@
+"""``python -m lightning_fusion.fit [--config experiments/X.yaml] [--section.key value ...] [--print-config]``
+
+With no argument: generate (once, then cached) the built-in synthetic perfusion cohort and train the
+image + clinical fusion model on it, recording the run in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lightning_fusion.config import ConfigError, load_config, parse_override_value, to_yaml
+from lightning_fusion.data.cohort import DataError
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_fusion.fit",
+        description="Train and test one model from an experiment config; the run is recorded in MLflow.",
+        epilog="Any config key can be overridden as --section.key value, e.g. --trainer.max_epochs 5 "
+        "--model.modalities [image]",
+    )
+    parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    args, rest = parser.parse_known_args(argv)
+    return args, _parse_overrides(parser, rest)
+
+
+def _parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or len(token) == 2:
+            parser.error(f"expected --section.key value, got {token!r}")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(rest):
+                parser.error(f"--{key} needs a value")
+            value, i = rest[i + 1], i + 1
+        overrides[key] = parse_override_value(value)
+        i += 1
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    if args.tracking_uri:
+        overrides["tracking.tracking_uri"] = args.tracking_uri
+    _log_to_stderr()
+    try:
+        config = load_config(args.config, overrides)
+    except (ConfigError, KeyError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+    from lightning_fusion.training import fit  # heavy imports only when training
+
+    try:
+        result = fit(config)
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 2
+    _print_summary(result)
+    return 0
+
+
+def _log_to_stderr() -> None:
+    """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger."""
+    logger = logging.getLogger("lightning_fusion")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _print_summary(result) -> None:
+    summary = result.data_summary
+    counts = {split: sum(c.values()) for split, c in summary["counts"].items()}
+    excluded = sum(summary["excluded"].values())
+    print(
+        f"\n{result.tags['lf.model_kind']} model ({result.tags['lf.modalities']}, fusion {result.tags['lf.fusion']}) "
+        f"on {summary['dataset']}: {counts['train']} train / {counts['val']} val / {counts['test']} test patients"
+        + (f", {excluded} excluded" if excluded else "")
+    )
+    names = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
+    print("test  " + "  ".join(f"{n} {result.test_metrics[f'test/{n}']:.3f}" for n in names if f"test/{n}" in result.test_metrics))
+    uri = result.tracking_uri
+    print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {uri}")
+    print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())

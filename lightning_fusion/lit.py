@@ -1,0 +1,125 @@
+"""The LightningModule shared by every model: CNN, ANN and fusion differ only in their config.
+
+It stores plain data as hyperparameters (the resolved experiment config, the modality specs, the
+class names and training-set class weights), so ``FusionLitModule.load_from_checkpoint(path)``
+rebuilds the same network without the YAML file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lightning_fusion.config import resolve
+from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
+from lightning_fusion.models import ModalitySpec, build_model
+
+
+class FusionLitModule(L.LightningModule):
+    """Class-weighted cross-entropy training of a :class:`~lightning_fusion.models.MultimodalClassifier`.
+
+    Args:
+        config: the resolved experiment config as plain data (``config.to_dict``).
+        specs: modality → ``{"kind": ..., "shape": [...]}`` of one sample.
+        classes: class names in label-index order.
+        class_weights: per-class loss weights computed from the training split (or ``None``).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        specs: Mapping[str, Mapping[str, Any]],
+        classes: Sequence[str],
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.experiment_config = resolve(config)
+        self.classes = list(classes)
+        self.modalities = list(self.experiment_config.model.modalities)
+        modality_specs = {m: ModalitySpec(s["kind"], tuple(s["shape"])) for m, s in specs.items()}
+        self.model = build_model(self.experiment_config.model, modality_specs, len(self.classes))
+        use_weights = self.experiment_config.optim.class_weights and class_weights is not None
+        self.register_buffer("class_weight", torch.tensor(class_weights, dtype=torch.float32) if use_weights else None)
+        num_classes = len(self.classes)
+        self.val_metrics = summary_metrics(num_classes, prefix="val/")
+        self.test_metrics = summary_metrics(num_classes, prefix="test/")
+        self.test_per_class = per_class_metrics(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self._test_outputs: list[dict[str, torch.Tensor]] = []
+        self.test_confusion_matrix: np.ndarray | None = None
+        self.test_predictions: dict[str, np.ndarray] | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Class logits ``(B, K)`` for a batch dict holding (at least) the model's modalities."""
+        return self.model({m: batch[m] for m in self.modalities if m in batch} | _present(batch))
+
+    def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self(batch)
+        loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight)
+        return loss, logits.float().softmax(dim=1), batch["label"]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self._step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        loss, probs, target = self._step(batch)
+        self.val_metrics.update(probs, target)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target))
+        self.log_dict(self.val_metrics, on_epoch=True, batch_size=len(target))
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        loss, probs, target = self._step(batch)
+        self.test_metrics.update(probs, target)
+        self.test_per_class.update(probs, target)
+        self.test_confusion.update(probs, target)
+        self._test_outputs.append({"index": batch["index"], "probs": probs.detach(), "label": target})
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target))
+        self.log_dict(self.test_metrics, on_epoch=True, batch_size=len(target))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(per_class_names(self.test_per_class.compute(), self.classes, "test"))
+        self.test_per_class.reset()
+        self.test_confusion_matrix = self.test_confusion.compute().cpu().numpy().astype(int)
+        self.test_confusion.reset()
+        self.test_predictions = self._gather_test_outputs()
+
+    def _gather_test_outputs(self) -> dict[str, np.ndarray]:
+        """Test predictions from every process, one row per sample (DDP padding removed)."""
+        local = {k: torch.cat([o[k] for o in self._test_outputs]) for k in ("index", "probs", "label")}
+        self._test_outputs = []
+        gathered = {k: self.all_gather(v) for k, v in local.items()}
+        if self.trainer.world_size > 1:
+            gathered = {k: v.reshape(-1, *local[k].shape[1:]) for k, v in gathered.items()}
+        index = gathered["index"].cpu().numpy()
+        _, first = np.unique(index, return_index=True)
+        return {k: v.cpu().numpy()[first] for k, v in gathered.items()}
+
+    # ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.experiment_config.optim
+        optimizer_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = optimizer_cls(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+
+def _present(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {"present": batch["present"]} if "present" in batch else {}

@@ -1,0 +1,96 @@
+"""MLflow run layout: where runs land, how they are tagged, and which artifacts they keep.
+
+Default store: ``sqlite:///mlflow.db`` in the working directory with artifacts under ``./mlruns``
+(MLflow 3 refuses a plain folder as tracking URI). ``tracking.tracking_uri`` or
+``$MLFLOW_TRACKING_URI`` point elsewhere (e.g. a tracking server).
+
+A run is FINISHED only when everything, artifacts included, has been written; any error marks it
+FAILED. Lightning closes its loggers after ``fit`` and again after ``test``; :class:`RunLogger`
+ignores those "success" calls so a crash between them cannot leave a run that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_fusion.config import TrackingConfig
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class RunLogger(MLFlowLogger):
+    """An MLFlowLogger whose run is closed by :meth:`close`, not by Lightning's per-stage teardown."""
+
+    def finalize(self, status: str = "success") -> None:
+        if status == "failed":  # Lightning's own exception path: mark the run at once
+            super().finalize(status)
+
+    @rank_zero_only
+    def close(self, status: str) -> None:
+        """Mark the run FINISHED (``"success"``) or FAILED (``"failed"``)."""
+        super().finalize(status)
+
+    @rank_zero_only
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flat params (MLflow caps a value at 6000 characters; longer values are cut with a mark)."""
+        self.log_hyperparams({k: _param_text(v) for k, v in params.items()})
+
+    @rank_zero_only
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.experiment.log_text(self.run_id, text, artifact_file)
+
+    @rank_zero_only
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.experiment.log_text(self.run_id, json.dumps(data, indent=2, default=_json_default), artifact_file)
+
+    @rank_zero_only
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.experiment.log_figure(self.run_id, figure, artifact_file)
+
+    @rank_zero_only
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.experiment.log_artifact(self.run_id, str(path), artifact_path)
+
+    @rank_zero_only
+    def log_frame_csv(self, frame: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            frame.to_csv(path, index=False)
+            parent = str(Path(artifact_file).parent)
+            self.experiment.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+
+def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> RunLogger:
+    """A logger for a new run in ``tracking.experiment`` (created with artifacts under ``artifact_root``)."""
+    return RunLogger(
+        experiment_name=tracking.experiment,
+        run_name=tracking.run_name or run_name,
+        tracking_uri=resolve_tracking_uri(tracking.tracking_uri),
+        tags=dict(tags),
+        artifact_location=Path(tracking.artifact_root).expanduser().resolve().as_uri(),
+        log_model=False,
+    )
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 6000 else text[:5980] + "...[truncated]"
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

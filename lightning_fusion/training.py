@@ -1,0 +1,173 @@
+"""One training run from a resolved config: data → model → Lightning Trainer → test → MLflow.
+
+Order matters for honesty: the data is read, validated, split and preprocessed, and the model is
+built, *before* an MLflow run exists, so bad input leaves no run behind; once the run exists, any
+error marks it FAILED. The test set is evaluated once, with the best checkpoint on ``val/loss``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+from lightning_fusion.config import ExperimentConfig, TrainerConfig, flatten, to_dict, to_yaml
+from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.lit import FusionLitModule
+from lightning_fusion.metrics import confusion_matrix_figure, report_table
+from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+_KIND_OF_UNIMODAL = {"image": "cnn", "vector": "ann", "signal": "signal"}
+
+
+@dataclass
+class FitResult:
+    """What a finished run produced."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    test_metrics: dict[str, float]
+    best_checkpoint: str
+    data_summary: dict[str, Any]
+    tags: dict[str, str]
+
+
+def model_kind(kinds: list[str]) -> str:
+    """``cnn`` / ``ann`` / ``signal`` for one modality of that kind, ``fusion`` for several."""
+    return _KIND_OF_UNIMODAL.get(kinds[0], kinds[0]) if len(kinds) == 1 else "fusion"
+
+
+def run_tags(config: ExperimentConfig, dataset: str, kinds: list[str]) -> dict[str, str]:
+    model = config.model
+    backbones = [model.encoders[m].get("backbone") for m in model.modalities if model.encoders[m].get("backbone")]
+    return {
+        "lf.model_kind": model_kind(kinds),
+        "lf.fusion": model.fusion["name"] if len(model.modalities) > 1 else "none",
+        "lf.backbone": ",".join(backbones) or "none",
+        "lf.dataset": dataset,
+        "lf.modalities": ",".join(model.modalities),
+        "lf.experiment": config.name,
+    }
+
+
+def auto_precision(trainer: TrainerConfig) -> str:
+    """bf16 mixed precision on a GPU that supports it, full fp32 otherwise."""
+    if trainer.precision:
+        return trainer.precision
+    wants_gpu = trainer.accelerator in ("auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_trainer(trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best-epoch{epoch:02d}", monitor="val/loss", mode="min",
+        save_top_k=1, auto_insert_metric_name=False,
+    )
+    callbacks = [
+        checkpoint,
+        EarlyStopping(monitor="val/loss", mode="min", patience=trainer.early_stopping_patience),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    return (
+        L.Trainer(
+            max_epochs=trainer.max_epochs,
+            accelerator=trainer.accelerator,
+            devices=trainer.devices,
+            strategy=trainer.strategy,
+            num_nodes=trainer.num_nodes,
+            precision=auto_precision(trainer),
+            deterministic=trainer.deterministic,
+            gradient_clip_val=trainer.gradient_clip_val,
+            fast_dev_run=trainer.fast_dev_run,
+            limit_train_batches=trainer.limit_train_batches,
+            log_every_n_steps=trainer.log_every_n_steps,
+            logger=logger,
+            callbacks=callbacks,
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+        ),
+        checkpoint,
+    )
+
+
+def fit(config: ExperimentConfig) -> FitResult:
+    """Train, test on the best checkpoint, and record everything in one MLflow run."""
+    L.seed_everything(config.seed, workers=True)
+    datamodule = MultimodalDataModule(config.data, config.model.modalities)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # bad input stops here: no run exists yet
+    specs = datamodule.specs
+    module = FusionLitModule(
+        to_dict(config),
+        {m: {"kind": s.kind, "shape": list(s.shape)} for m, s in specs.items()},
+        datamodule.classes,
+        datamodule.class_weights,
+    )
+    summary = datamodule.summary()
+    tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
+    run_name = f"{config.name}-{tags['lf.model_kind']}"
+    logger = create_run_logger(config.tracking, run_name, tags)
+    staging = Path(config.tracking.artifact_root).expanduser() / ".staging" / logger.run_id
+    try:
+        logger.log_params(flatten(to_dict(config)))
+        logger.log_text(to_yaml(config), "config.yaml")
+        trainer, checkpoint = build_trainer(config.trainer, logger, staging)
+        trainer.fit(module, datamodule=datamodule)
+        best = checkpoint.best_model_path
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            _log_test_artifacts(logger, module, datamodule, summary)
+            if best and config.tracking.log_checkpoint:
+                logger.log_file(best, "checkpoints")
+        logger.close("success")
+    except BaseException:
+        logger.close("failed")
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FitResult(
+        run_id=logger.run_id,
+        experiment_id=logger.experiment_id,
+        tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
+        test_metrics=test_metrics,
+        best_checkpoint=Path(best).name if best else "",
+        data_summary=summary,
+        tags=tags,
+    )
+
+
+def _log_test_artifacts(
+    logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, summary: dict[str, Any]
+) -> None:
+    classes = module.classes
+    logger.log_dict({k: v for k, v in summary.items() if k != "splits"}, "data_summary.json")
+    logger.log_dict(summary["splits"], "splits.json")
+    matrix = module.test_confusion_matrix
+    logger.log_dict({"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json")
+    logger.log_figure(confusion_matrix_figure(matrix, classes), "confusion_matrix.png")
+    predictions = module.test_predictions
+    y_true, probs = predictions["label"], predictions["probs"]
+    y_pred = probs.argmax(axis=1)
+    text, table = report_table(y_true, y_pred, classes)
+    logger.log_text(text, "classification_report.txt")
+    logger.log_dict(table, "classification_report.json")
+    patient_ids = np.asarray(datamodule.datasets["test"].patient_ids)[predictions["index"]]
+    frame = pd.DataFrame({"patient_id": patient_ids, "true": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]})
+    for i, cls in enumerate(classes):
+        frame[f"prob_{cls}"] = probs[:, i]
+    logger.log_frame_csv(frame, "test_predictions.csv")
