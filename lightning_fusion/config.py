@@ -197,6 +197,9 @@ class TrainerConfig:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.strategy.startswith("ddp_spawn") or self.strategy.startswith("ddp_fork"):
+            # Spawned workers keep the test predictions to themselves; the run's artifacts need them.
+            raise ValueError(f"strategy {self.strategy!r} is not supported by fit; use 'ddp' (one process per device)")
 
 
 @dataclass

@@ -26,7 +26,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     )
     parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     args, rest = parser.parse_known_args(argv)
     return args, _parse_overrides(parser, rest)
 
@@ -68,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2
-    _print_summary(result)
+    if result.run_id:  # rank 0 only: the other DDP processes have no run to report
+        _print_summary(result)
     return 0
 
 
@@ -92,7 +95,10 @@ def _print_summary(result) -> None:
         + (f", {excluded} excluded" if excluded else "")
     )
     names = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
-    print("test  " + "  ".join(f"{n} {result.test_metrics[f'test/{n}']:.3f}" for n in names if f"test/{n}" in result.test_metrics))
+    print(
+        "test  "
+        + "  ".join(f"{n} {result.test_metrics[f'test/{n}']:.3f}" for n in names if f"test/{n}" in result.test_metrics)
+    )
     uri = result.tracking_uri
     print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {uri}")
     print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")

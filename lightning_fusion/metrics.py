@@ -72,16 +72,26 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: s
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     axes.set(
-        xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-        xlabel="Predicted", ylabel="True", title=title,
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="Predicted",
+        ylabel="True",
+        title=title,
     )
     plt.setp(axes.get_xticklabels(), rotation=30, ha="right")
     row_totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
         axes.text(
-            j, i, f"{count}\n{100 * count / row_totals[i, 0]:.0f}%", ha="center", va="center",
-            color="white" if count > threshold else "black", fontsize=9,
+            j,
+            i,
+            f"{count}\n{100 * count / row_totals[i, 0]:.0f}%",
+            ha="center",
+            va="center",
+            color="white" if count > threshold else "black",
+            fontsize=9,
         )
     figure.tight_layout()
     return figure

@@ -74,8 +74,12 @@ def auto_precision(trainer: TrainerConfig) -> str:
 
 def build_trainer(trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best-epoch{epoch:02d}", monitor="val/loss", mode="min",
-        save_top_k=1, auto_insert_metric_name=False,
+        dirpath=checkpoint_dir,
+        filename="best-epoch{epoch:02d}",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
     )
     callbacks = [
         checkpoint,
@@ -121,7 +125,8 @@ def fit(config: ExperimentConfig) -> FitResult:
     tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
     run_name = f"{config.name}-{tags['lf.model_kind']}"
     logger = create_run_logger(config.tracking, run_name, tags)
-    staging = Path(config.tracking.artifact_root).expanduser() / ".staging" / logger.run_id
+    # Only rank 0 has an MLflow run; ModelCheckpoint broadcasts rank 0's folder to the other ranks.
+    staging = Path(config.tracking.artifact_root).expanduser() / ".staging" / (logger.run_id or "not-rank-zero")
     try:
         logger.log_params(flatten(to_dict(config)))
         logger.log_text(to_yaml(config), "config.yaml")
@@ -141,7 +146,7 @@ def fit(config: ExperimentConfig) -> FitResult:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FitResult(
-        run_id=logger.run_id,
+        run_id=logger.run_id or "",
         experiment_id=logger.experiment_id,
         tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
         test_metrics=test_metrics,
@@ -158,7 +163,9 @@ def _log_test_artifacts(
     logger.log_dict({k: v for k, v in summary.items() if k != "splits"}, "data_summary.json")
     logger.log_dict(summary["splits"], "splits.json")
     matrix = module.test_confusion_matrix
-    logger.log_dict({"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json")
+    logger.log_dict(
+        {"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json"
+    )
     logger.log_figure(confusion_matrix_figure(matrix, classes), "confusion_matrix.png")
     predictions = module.test_predictions
     y_true, probs = predictions["label"], predictions["probs"]
@@ -167,7 +174,9 @@ def _log_test_artifacts(
     logger.log_text(text, "classification_report.txt")
     logger.log_dict(table, "classification_report.json")
     patient_ids = np.asarray(datamodule.datasets["test"].patient_ids)[predictions["index"]]
-    frame = pd.DataFrame({"patient_id": patient_ids, "true": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]})
+    frame = pd.DataFrame(
+        {"patient_id": patient_ids, "true": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]}
+    )
     for i, cls in enumerate(classes):
         frame[f"prob_{cls}"] = probs[:, i]
     logger.log_frame_csv(frame, "test_predictions.csv")

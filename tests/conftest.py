@@ -21,7 +21,9 @@ SMALL_IMAGE = 32
 @pytest.fixture(scope="session")
 def small_cohort_master(tmp_path_factory) -> Path:
     """A 60-patient, 32-px synthetic cohort, generated once per session (read-only: copy it to modify)."""
-    return generate_mpi_cohort(tmp_path_factory.mktemp("cohort") / "mpi", SMALL_PATIENTS, seed=3, image_size=SMALL_IMAGE)
+    return generate_mpi_cohort(
+        tmp_path_factory.mktemp("cohort") / "mpi", SMALL_PATIENTS, seed=3, image_size=SMALL_IMAGE
+    )
 
 
 @pytest.fixture

@@ -91,7 +91,9 @@ def test_duplicate_patient_ids(small_cohort):
 
 def test_label_outside_the_class_list(small_cohort):
     shutil.move(str(small_cohort / "Infarction"), str(small_cohort / "Borderline"))
-    with pytest.raises(DataError, match=r"Borderline: unknown class folder 'Borderline'.*Choices: infarction, ischemia, normal"):
+    with pytest.raises(
+        DataError, match=r"Borderline: unknown class folder 'Borderline'.*Choices: infarction, ischemia, normal"
+    ):
         _setup(small_cohort)
 
 

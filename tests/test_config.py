@@ -38,7 +38,10 @@ def test_demo_yaml_is_the_builtin_default():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "optim": {"lr": 0.01}, "model": {"modalities": ["image"]}}))
-    config = load_config(path, {"optim.lr": "1e-4", "trainer.max_epochs": 3, "model.head.widths": [8, 4], "model.head.dropouts": [0, 0.1]})
+    config = load_config(
+        path,
+        {"optim.lr": "1e-4", "trainer.max_epochs": 3, "model.head.widths": [8, 4], "model.head.dropouts": [0, 0.1]},
+    )
     assert config.name == "x"
     assert config.optim.lr == pytest.approx(1e-4)  # "1e-4" (a YAML string) is coerced to float
     assert config.trainer.max_epochs == 3
@@ -51,7 +54,10 @@ def test_yaml_then_overrides(tmp_path):
     [
         ({"optim.lrr": 0.1}, r"optim\.lrr: unknown config key 'lrr'; did you mean 'lr'"),
         ({"trainr.max_epochs": 1}, r"trainr: unknown config key 'trainr'; did you mean 'trainer'"),
-        ({"model.fusion.name": "conact"}, r"model\.fusion\.name: unknown fusion strategy 'conact'; did you mean 'concat'"),
+        (
+            {"model.fusion.name": "conact"},
+            r"model\.fusion\.name: unknown fusion strategy 'conact'; did you mean 'concat'",
+        ),
         ({"model.encoders.image.name": "tim"}, r"unknown encoder 'tim'; did you mean 'timm'"),
         ({"model.encoders.image.backbone": "resnet181"}, r"unknown timm backbone 'resnet181'; did you mean 'resnet18'"),
         ({"model.encoders.tabular.widthz": [3]}, r"model\.encoders\.tabular\.widthz: unknown config key.*'widths'"),
@@ -59,7 +65,10 @@ def test_yaml_then_overrides(tmp_path):
         ({"optim.optimizer": "adamm"}, r"unknown optimizer 'adamm'; did you mean 'adam"),
         ({"optim.lr": "fast"}, r"optim\.lr: expected float, got 'fast'"),
         ({"trainer.max_epochs": 0}, r"trainer: max_epochs must be >= 1"),
-        ({"model.head.widths": [8, 4]}, r"model\.head: widths \[8, 4\] and dropouts \[0\.2\] must have the same length"),
+        (
+            {"model.head.widths": [8, 4]},
+            r"model\.head: widths \[8, 4\] and dropouts \[0\.2\] must have the same length",
+        ),
         ({"model.modalities": ["image", "signal"]}, r"modality 'signal' has no encoder"),
         ({"model.modalities": []}, r"at least one modality"),
         ({"data.split.train": 0.9}, r"must sum to 1"),

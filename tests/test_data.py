@@ -24,7 +24,14 @@ def _datamodule(root, **overrides):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("MPI-0001", "mpi-0001"), ("mpi_0001", "mpi-0001"), (" Mpi 0001 ", "mpi-0001"), (7.0, "7"), (12, "12"), ("a__b--c", "a-b-c")],
+    [
+        ("MPI-0001", "mpi-0001"),
+        ("mpi_0001", "mpi-0001"),
+        (" Mpi 0001 ", "mpi-0001"),
+        (7.0, "7"),
+        (12, "12"),
+        ("a__b--c", "a-b-c"),
+    ],
 )
 def test_normalise_patient_id(raw, expected):
     assert normalise_patient_id(raw) == expected

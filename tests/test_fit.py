@@ -83,8 +83,16 @@ def test_run_is_finished_with_metrics_tags_params(trained):
 def test_run_artifacts(trained):
     client, run_id = trained["client"], trained["result"].run_id
     artifacts = _artifacts(client, run_id)
-    for name in ("config.yaml", "confusion_matrix.json", "confusion_matrix.png", "classification_report.txt",
-                 "classification_report.json", "test_predictions.csv", "data_summary.json", "splits.json"):
+    for name in (
+        "config.yaml",
+        "confusion_matrix.json",
+        "confusion_matrix.png",
+        "classification_report.txt",
+        "classification_report.json",
+        "test_predictions.csv",
+        "data_summary.json",
+        "splits.json",
+    ):
         assert name in artifacts, name
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in artifacts)
     local = Path(client.download_artifacts(run_id, "", str(trained["tmp"] / "dl")))
@@ -115,7 +123,9 @@ def test_checkpoint_reloads_without_the_yaml(trained):
     batch = next(iter(datamodule.test_dataloader()))
     with torch.no_grad():
         probs = module(batch).softmax(dim=1).numpy()
-    predictions = pd.read_csv(Path(client.download_artifacts(run_id, "test_predictions.csv", str(trained["tmp"] / "p"))))
+    predictions = pd.read_csv(
+        Path(client.download_artifacts(run_id, "test_predictions.csv", str(trained["tmp"] / "p")))
+    )
     expected = predictions.set_index("patient_id").loc[batch["patient_id"], [f"prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
@@ -156,7 +166,9 @@ def test_crash_after_testing_marks_the_run_failed(small_cohort, mlflow_store, mo
 
 @pytest.mark.parametrize(("modalities", "kind"), [(["image"], "cnn"), (["tabular"], "ann")])
 def test_unimodal_models_are_one_override_away(small_cohort, mlflow_store, modalities, kind):
-    result = fit(load_config(None, small_overrides(small_cohort, **{"model.modalities": modalities, "trainer.max_epochs": 1})))
+    result = fit(
+        load_config(None, small_overrides(small_cohort, **{"model.modalities": modalities, "trainer.max_epochs": 1}))
+    )
     assert result.tags["lf.model_kind"] == kind and result.tags["lf.fusion"] == "none"
     assert np.isfinite(result.test_metrics["test/loss"])
 
@@ -171,8 +183,39 @@ def test_cli_print_config_and_errors(capsys, tmp_path):
 
 
 def test_cli_trains_and_prints_a_summary(small_cohort, mlflow_store, capsys):
-    argv = [f"--{k}={v}" if not isinstance(v, dict) else f"--{k}={json.dumps(v)}" for k, v in small_overrides(small_cohort, **{"trainer.max_epochs": 1}).items()]
+    argv = [
+        f"--{k}={v}" if not isinstance(v, dict) else f"--{k}={json.dumps(v)}"
+        for k, v in small_overrides(small_cohort, **{"trainer.max_epochs": 1}).items()
+    ]
     assert fit_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "fusion model (image,tabular, fusion concat) on mpi" in out
     assert "test  accuracy" in out and "MLflow run" in out
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(small_cohort, mlflow_store):
+    """Real DDP (gloo, 2 processes) in its own process: metrics synchronised, predictions gathered once."""
+    import subprocess
+    import sys
+
+    overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 1, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    argv = [f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in overrides.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_fusion.fit", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["FINISHED"]  # one run, not one per process
+    client = MlflowClient(mlflow_store["uri"])
+    local = Path(client.download_artifacts(runs[0].info.run_id, "test_predictions.csv", str(Path.cwd() / "dl")))
+    predictions = pd.read_csv(local)
+    splits = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "splits.json", str(Path.cwd() / "dl"))).read_text())
+    assert sorted(predictions["patient_id"]) == sorted(splits["test"])  # every test patient once, no DDP padding
+
+
+def test_spawned_ddp_is_rejected_up_front():
+    from lightning_fusion.config import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy 'ddp_spawn' is not supported by fit; use 'ddp'"):
+        load_config(None, {"trainer.strategy": "ddp_spawn"})

@@ -45,7 +45,9 @@ def test_summary_metrics_match_sklearn(predictions):
     assert values["test/accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-6)
     assert values["test/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-6)
     assert values["test/f1_macro"] == pytest.approx(f1_score(y_true, y_pred, average="macro"), abs=1e-6)
-    assert values["test/auroc"] == pytest.approx(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"), abs=1e-4)
+    assert values["test/auroc"] == pytest.approx(
+        roc_auc_score(y_true, probs, multi_class="ovr", average="macro"), abs=1e-4
+    )
 
 
 def test_per_class_metrics_and_names_match_sklearn(predictions):

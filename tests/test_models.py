@@ -24,7 +24,11 @@ def _batch(batch_size: int = 4) -> dict[str, torch.Tensor]:
 
 
 def _model_config(modalities, fusion, **encoder_overrides):
-    overrides = {"model.modalities": modalities, "model.fusion": {"name": fusion}, "model.encoders.image.backbone": "test_resnet"}
+    overrides = {
+        "model.modalities": modalities,
+        "model.fusion": {"name": fusion},
+        "model.encoders.image.backbone": "test_resnet",
+    }
     overrides.update(encoder_overrides)
     return load_config(None, overrides).model
 
@@ -61,14 +65,18 @@ def test_every_encoder_maps_its_kind_to_features(name):
 
 
 def test_encoder_kind_mismatch_names_the_modality():
-    config = _model_config(["tabular"], "concat", **{"model.encoders.tabular": {"name": "timm", "backbone": "test_resnet"}})
+    config = _model_config(
+        ["tabular"], "concat", **{"model.encoders.tabular": {"name": "timm", "backbone": "test_resnet"}}
+    )
     with pytest.raises(ValueError, match=r"model\.encoders\.tabular: encoder 'timm' takes image inputs.*\['mlp'\]"):
         build_model(config, SPECS, num_classes=3)
 
 
 @pytest.mark.parametrize("reduce_channels", [3, None])
 def test_channel_reduction_in_front_of_timm(reduce_channels):
-    encoder = TimmImageEncoder((9, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", reduce_channels=reduce_channels))
+    encoder = TimmImageEncoder(
+        (9, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", reduce_channels=reduce_channels)
+    )
     stem = encoder.backbone.conv1 if hasattr(encoder.backbone, "conv1") else None
     if reduce_channels:
         assert encoder.reduce.in_channels == 9 and encoder.reduce.out_channels == 3
@@ -91,7 +99,9 @@ def test_local_weights_file_is_loaded(tmp_path):
     source = timm.create_model("test_resnet", num_classes=0)
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    encoder = TimmImageEncoder((3, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", weights_path=str(path), reduce_channels=None))
+    encoder = TimmImageEncoder(
+        (3, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", weights_path=str(path), reduce_channels=None)
+    )
     for name, value in source.state_dict().items():
         assert torch.equal(encoder.backbone.state_dict()[name], value), name
 
@@ -99,5 +109,7 @@ def test_local_weights_file_is_loaded(tmp_path):
 def test_bad_local_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(b"not weights")
-    with pytest.raises(PretrainedWeightsError, match="could not load weights for 'test_resnet' from .*junk.safetensors"):
+    with pytest.raises(
+        PretrainedWeightsError, match="could not load weights for 'test_resnet' from .*junk.safetensors"
+    ):
         TimmImageEncoder((3, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", weights_path=str(path)))

@@ -24,7 +24,9 @@ def test_unknown_name_suggests_closest():
     things = Registry("thing")
     for name in ("concat", "gated", "attention"):
         things.register(name)(object)
-    with pytest.raises(UnknownNameError, match=r"unknown thing 'conact'; did you mean 'concat'\?.*Choices: attention, concat, gated"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown thing 'conact'; did you mean 'concat'\?.*Choices: attention, concat, gated"
+    ):
         things.get("conact")
     with pytest.raises(UnknownNameError, match=r"unknown thing 'zzz'\. Choices"):
         things.get("zzz")

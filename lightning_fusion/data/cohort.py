@@ -55,7 +55,9 @@ def normalise_ids(raw_ids: Iterable[Any], source: str) -> list[str]:
             duplicates.append(f"{seen[pid]!r} / {raw!r}")
         seen.setdefault(pid, raw)
     if duplicates:
-        raise DataError(f"{source}: duplicate patient ids {', '.join(duplicates[:5])}" + (" ..." if len(duplicates) > 5 else ""))
+        raise DataError(
+            f"{source}: duplicate patient ids {', '.join(duplicates[:5])}" + (" ..." if len(duplicates) > 5 else "")
+        )
     return ids
 
 
@@ -107,9 +109,7 @@ class JoinReport:
         return {reason: len(ids) for reason, ids in self.excluded.items()}
 
 
-def join_modalities(
-    cohort: Cohort, required: Sequence[str], exclude_labels: Sequence[str] = ()
-) -> JoinReport:
+def join_modalities(cohort: Cohort, required: Sequence[str], exclude_labels: Sequence[str] = ()) -> JoinReport:
     """Keep the labelled patients that have every ``required`` modality and a wanted label.
 
     Raises:

@@ -16,9 +16,7 @@ class LeakageError(DataError):
     """The same patient appears in more than one split (or fold)."""
 
 
-def stratified_split(
-    labels: pd.Series, fractions: Mapping[str, float], seed: int
-) -> dict[str, list[str]]:
+def stratified_split(labels: pd.Series, fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:
     """Split patients (the index of ``labels``) per class into train/val/test, seeded.
 
     Within each class the patients are shuffled and ``round(n * fraction)`` go to val and to test,

@@ -78,8 +78,11 @@ class TabularPreprocessor:
 
 
 def _check_numeric(frame: pd.DataFrame, source: str) -> None:
-    bad = [c for c in frame.columns if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
+    bad = [
+        c
+        for c in frame.columns
+        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
     if bad:
         examples = {c: frame[c].dropna().astype(str).head(3).tolist() for c in bad[:3]}
         raise DataError(f"{source}: non-numeric columns {bad} (e.g. {examples}); encode them as numbers first")
-

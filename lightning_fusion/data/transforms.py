@@ -37,7 +37,9 @@ def build_augmentation(options: AugmentConfig) -> A.Compose | None:
                 fill=0,
                 p=options.p,
             ),
-            A.MultiplicativeNoise(multiplier=tuple(options.brightness), per_channel=False, elementwise=False, p=options.p),
+            A.MultiplicativeNoise(
+                multiplier=tuple(options.brightness), per_channel=False, elementwise=False, p=options.p
+            ),
         ]
     )
 

@@ -235,11 +235,11 @@ def _perfusion_maps(
         r0 = rng.uniform(0.0, 0.25) if apical else rng.uniform(0.35, 0.9)
         theta0 = centre + rng.uniform(-0.7, 0.7) * half
         sigma_r, sigma_theta = rng.uniform(0.12, 0.3), (np.pi if apical else rng.uniform(0.25, 0.7) * half * 1.6)
-        depth = rng.uniform(0.12, 0.5) if label == 1 else rng.uniform(0.2, 0.6)
+        depth = rng.uniform(0.15, 0.5) if label == 1 else rng.uniform(0.2, 0.6)
         stress_loss += depth * _blob(grid, r0, theta0, sigma_r, sigma_theta)
         if label == 2:  # fixed core, shrunk and faded by peri-infarct ischemia
             shrink = rng.uniform(0.5, 0.9)
-            rest_loss += depth * rng.uniform(0.2, 0.9) * _blob(grid, r0, theta0, sigma_r * shrink, sigma_theta * shrink)
+            rest_loss += depth * rng.uniform(0.15, 0.8) * _blob(grid, r0, theta0, sigma_r * shrink, sigma_theta * shrink)
     noise_sd = rng.uniform(0.02, 0.05)
     maps = []
     for loss in (stress_loss, rest_loss):
@@ -281,13 +281,13 @@ def _clinical_table(
         ("smoking", [0.22, 0.26, 0.35]),
         ("dyslipidemia", [0.42, 0.47, 0.55]),
         ("family_history", [0.20, 0.23, 0.25]),
-        ("prior_mi", [0.04, 0.05, 0.65]),
+        ("prior_mi", [0.04, 0.05, 0.75]),
         ("prior_pci", [0.08, 0.11, 0.50]),
         ("prior_cabg", [0.02, 0.03, 0.20]),
-        ("q_waves", [0.04, 0.04, 0.50]),
+        ("q_waves", [0.04, 0.04, 0.55]),
     ):
         t[name] = binary(probabilities)
-    pain = [[0.30, 0.30, 0.25, 0.15], [0.26, 0.28, 0.26, 0.20], [0.25, 0.25, 0.25, 0.25]]
+    pain = [[0.30, 0.30, 0.25, 0.15], [0.27, 0.28, 0.26, 0.19], [0.25, 0.25, 0.25, 0.25]]
     t["chest_pain_type"] = (rng.random((n, 1)) > np.cumsum(np.array(pain)[labels], axis=1)).sum(axis=1)
     t["pharmacologic_stress"] = binary([0.35, 0.37, 0.50])
     t["rest_hr"] = whole(rng.normal(70, 10, n))
@@ -295,22 +295,22 @@ def _clinical_table(
     t["rest_sbp"] = whole(normal([132, 133, 134], 16))
     t["rest_dbp"] = whole(normal([78, 80, 78], 10))
     t["peak_sbp"] = np.round(t["rest_sbp"] + normal([25, 23, 15], 15))
-    t["st_depression_mm"] = np.round(np.clip(normal([0.2, 0.4, 0.4], 0.6), 0, None), 1)
+    t["st_depression_mm"] = np.round(np.clip(normal([0.2, 0.35, 0.4], 0.6), 0, None), 1)
     t["creatinine"] = np.round(np.exp(normal([-0.05, 0.0, 0.05], 0.25)), 2)
     t["hba1c"] = np.round(rng.normal(5.6 + 1.6 * t["diabetes"], 0.5), 1)
     t["ldl"] = np.round(normal([115, 118, 110], 30))
     t["hdl"] = np.round(normal([52, 50, 45], 12) - 6 * (1 - female))
-    t["lvef_rest"] = whole(np.clip(normal([63, 61.5, 49], 7), 15, 80))
+    t["lvef_rest"] = whole(np.clip(normal([63, 62, 47], 7), 15, 80))
     t["lvef_stress"] = np.round(np.clip(t["lvef_rest"] + normal([2, 0.5, -1], 4), 15, 82))
     t["edv"] = whole(np.clip(normal([95, 100, 130], 25) - 15 * female, 40, None))
     t["esv"] = whole(t["edv"] * (1 - t["lvef_rest"] / 100))
-    t["tid_ratio"] = np.round(normal([1.00, 1.03, 1.04], 0.09), 2)
-    t["srs"] = rng.poisson(per_class([0.6, 0.8, 6.0]) + 1.0 * artefact)
-    t["sds"] = rng.poisson(per_class([1.5, 1.5, 2.0]) + rng.uniform(0, 2.5, n) * ischemia)
+    t["tid_ratio"] = np.round(normal([1.00, 1.025, 1.04], 0.09), 2)
+    t["srs"] = rng.poisson(per_class([0.6, 0.8, 7.0]) + 1.0 * artefact)
+    t["sds"] = rng.poisson(per_class([1.5, 1.5, 2.0]) + rng.uniform(0, 2.0, n) * ischemia)
     t["sss"] = t["srs"] + t["sds"]
     t["tpd_stress"] = np.round(np.clip(1.4 * t["sss"] + rng.normal(0, 2.0, n), 0, None), 1)
     t["tpd_rest"] = np.round(np.clip(1.4 * t["srs"] + rng.normal(0, 1.5, n), 0, None), 1)
-    t["wall_motion_score"] = whole(np.clip(rng.normal(1 + 5 * infarct, 2.0 + 2 * infarct), 0, None))
+    t["wall_motion_score"] = whole(np.clip(rng.normal(1 + 6 * infarct, 2.0 + 2 * infarct), 0, None))
     for k in range(1, 11):
         t[f"noise_{k:02d}"] = np.round(rng.normal(0, 1, n), 3)
     table = pd.DataFrame(t)

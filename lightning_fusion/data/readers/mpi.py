@@ -118,7 +118,9 @@ class MPIReader:
         for pattern in self.options.views:
             hits = [p for p in images if fnmatch.fnmatch(p.stem.casefold(), pattern.casefold())]
             if len(hits) > 1:
-                raise DataError(f"{patient_dir}: view pattern {pattern!r} matches several files: {[h.name for h in hits]}")
+                raise DataError(
+                    f"{patient_dir}: view pattern {pattern!r} matches several files: {[h.name for h in hits]}"
+                )
             if not hits:
                 return None
             matched.append(hits[0])
