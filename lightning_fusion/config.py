@@ -137,7 +137,8 @@ class ModelConfig:
 
     modalities: list[str] = field(default_factory=lambda: ["image", "tabular"])
     encoders: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"image": {"name": "timm"}, "tabular": {"name": "mlp"}}
+        # resnet10t: the fastest timm ResNet that learns the demo cohort from scratch in < 1 min on 2 CPU cores
+        default_factory=lambda: {"image": {"name": "timm", "backbone": "resnet10t"}, "tabular": {"name": "mlp"}}
     )
     fusion: dict[str, Any] = field(default_factory=lambda: {"name": "concat"})
     head: HeadConfig = field(default_factory=HeadConfig)

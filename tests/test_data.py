@@ -186,3 +186,34 @@ def test_views_are_stacked_in_view_order(small_cohort):
     folder = next(small_cohort.glob(f"*/{pid.upper()}"))
     rest = np.asarray(Image.open(folder / "Rest QGS AC.png").convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
     np.testing.assert_allclose(dataset[0]["image"][6:9].numpy().transpose(1, 2, 0), rest / 255.0, atol=1e-6)
+
+
+def test_predefined_split_is_used_and_checked():
+    from lightning_fusion.data.splits import predefined_split
+
+    splits = pd.Series({"a": "train", "b": "val", "c": "test", "d": "train"})
+    assert predefined_split(splits, ["a", "b", "c"]) == {"train": ["a"], "val": ["b"], "test": ["c"]}
+    with pytest.raises(DataError, match=r"patients without a predefined split: \['zz'\]"):
+        predefined_split(splits, ["a", "zz"])
+    with pytest.raises(DataError, match=r"split names \['valid'\] are not among"):
+        predefined_split(pd.Series({"a": "valid"}), ["a"])
+
+
+def test_datamodule_uses_the_cohort_split_when_it_has_one(small_cohort, monkeypatch):
+    from lightning_fusion.data.readers.mpi import MPIReader
+
+    read = MPIReader.read
+
+    def read_with_split(self, root):
+        cohort = read(self, root)
+        ids = sorted(cohort.labels.index)
+        cohort.splits = pd.Series(
+            ["test" if i % 5 == 0 else "val" if i % 5 == 1 else "train" for i in range(len(ids))], index=ids
+        )
+        return cohort
+
+    monkeypatch.setattr(MPIReader, "read", read_with_split)
+    datamodule = _datamodule(small_cohort)
+    ids = sorted(sum(datamodule.splits.values(), []))
+    assert datamodule.splits["test"] == ids[::5]
+    assert _datamodule(small_cohort, **{"data.split.use_predefined": False}).splits["test"] != ids[::5]

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +40,12 @@ def trained(tmp_path_factory):
     result = fit(config)
     client = MlflowClient(uri)
     return {"result": result, "client": client, "run": client.get_run(result.run_id), "config": config, "tmp": tmp}
+
+
+def _all_runs(uri):
+    """Every run in the store at ``uri`` (explicit URI: Lightning's logger sets MLflow's global one)."""
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def _artifacts(client, run_id, path=None):
@@ -134,9 +139,7 @@ def test_bad_input_leaves_no_run(small_cohort, mlflow_store):
     (sorted((small_cohort / "Normal").iterdir())[0] / "QPS AC.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="unreadable image"):
         fit(load_config(None, small_overrides(small_cohort)))
-    client = MlflowClient(mlflow_store["uri"])
-    experiments = client.search_experiments()
-    assert not client.search_runs([e.experiment_id for e in experiments]) if experiments else True
+    assert _all_runs(mlflow_store["uri"]) == []
 
 
 def test_crash_during_training_marks_the_run_failed(small_cohort, mlflow_store, monkeypatch):
@@ -146,7 +149,7 @@ def test_crash_during_training_marks_the_run_failed(small_cohort, mlflow_store, 
     monkeypatch.setattr(FusionLitModule, "training_step", explode)
     with pytest.raises(RuntimeError, match="boom in training"):
         fit(load_config(None, small_overrides(small_cohort)))
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    runs = _all_runs(mlflow_store["uri"])
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
@@ -160,7 +163,7 @@ def test_crash_after_testing_marks_the_run_failed(small_cohort, mlflow_store, mo
     monkeypatch.setattr(training, "_log_test_artifacts", explode)
     with pytest.raises(OSError, match="disk full"):
         fit(load_config(None, small_overrides(small_cohort, **{"trainer.max_epochs": 1})))
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    runs = _all_runs(mlflow_store["uri"])
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
@@ -199,18 +202,22 @@ def test_ddp_on_two_cpu_processes(small_cohort, mlflow_store):
     import subprocess
     import sys
 
-    overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 1, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    overrides = small_overrides(
+        small_cohort, **{"trainer.max_epochs": 1, "trainer.devices": 2, "trainer.strategy": "ddp"}
+    )
     argv = [f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in overrides.items()]
     done = subprocess.run(
         [sys.executable, "-m", "lightning_fusion.fit", *argv], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    runs = _all_runs(mlflow_store["uri"])
     assert [r.info.status for r in runs] == ["FINISHED"]  # one run, not one per process
     client = MlflowClient(mlflow_store["uri"])
     local = Path(client.download_artifacts(runs[0].info.run_id, "test_predictions.csv", str(Path.cwd() / "dl")))
     predictions = pd.read_csv(local)
-    splits = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "splits.json", str(Path.cwd() / "dl"))).read_text())
+    splits = json.loads(
+        Path(client.download_artifacts(runs[0].info.run_id, "splits.json", str(Path.cwd() / "dl"))).read_text()
+    )
     assert sorted(predictions["patient_id"]) == sorted(splits["test"])  # every test patient once, no DDP padding
 
 

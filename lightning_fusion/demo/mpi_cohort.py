@@ -238,8 +238,8 @@ def _perfusion_maps(
         depth = rng.uniform(0.15, 0.5) if label == 1 else rng.uniform(0.2, 0.6)
         stress_loss += depth * _blob(grid, r0, theta0, sigma_r, sigma_theta)
         if label == 2:  # fixed core, shrunk and faded by peri-infarct ischemia
-            shrink = rng.uniform(0.5, 0.9)
-            rest_loss += depth * rng.uniform(0.15, 0.8) * _blob(grid, r0, theta0, sigma_r * shrink, sigma_theta * shrink)
+            shrink, fade = rng.uniform(0.5, 0.9), rng.uniform(0.15, 0.8)
+            rest_loss += depth * fade * _blob(grid, r0, theta0, sigma_r * shrink, sigma_theta * shrink)
     noise_sd = rng.uniform(0.02, 0.05)
     maps = []
     for loss in (stress_loss, rest_loss):
