@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,9 +81,16 @@ def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str
         run_name=tracking.run_name or run_name,
         tracking_uri=resolve_tracking_uri(tracking.tracking_uri),
         tags=dict(tags),
-        artifact_location=Path(tracking.artifact_root).expanduser().resolve().as_uri(),
+        # one folder per experiment: <artifact_root>/<experiment>/<run id>/artifacts
+        artifact_location=(Path(tracking.artifact_root).expanduser() / _folder_name(tracking.experiment))
+        .resolve()
+        .as_uri(),
         log_model=False,
     )
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
 
 
 def _param_text(value: Any) -> str:

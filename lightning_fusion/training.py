@@ -7,6 +7,7 @@ error marks it FAILED. The test set is evaluated once, with the best checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -145,6 +146,8 @@ def fit(config: ExperimentConfig) -> FitResult:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()  # only if no other run is staging there
     return FitResult(
         run_id=logger.run_id or "",
         experiment_id=logger.experiment_id,
