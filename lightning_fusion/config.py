@@ -150,9 +150,8 @@ class ModelConfig:
             raise ValueError(f"modalities has duplicates: {self.modalities}")
         for modality in self.modalities:
             if modality not in self.encoders:
-                raise UnknownNameError(
-                    f"modality {modality!r} has no encoder in model.encoders; "
-                    + suggest(modality, list(self.encoders), "modality").split(";", 1)[-1].strip(" .")
+                raise ValueError(
+                    f"modality {modality!r} has no encoder in model.encoders (it has {sorted(self.encoders)})"
                 )
 
 
@@ -198,7 +197,7 @@ class TrainerConfig:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
-        if self.strategy.startswith("ddp_spawn") or self.strategy.startswith("ddp_fork"):
+        if self.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
             # Spawned workers keep the test predictions to themselves; the run's artifacts need them.
             raise ValueError(f"strategy {self.strategy!r} is not supported by fit; use 'ddp' (one process per device)")
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion import fit as fit_cli
@@ -112,7 +113,7 @@ def test_run_artifacts(trained):
     # The logged test accuracy is the accuracy of the saved predictions.
     accuracy = (predictions["true"] == predictions["predicted"]).mean()
     assert trained["run"].data.metrics["test/accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert load_config(None, __import__("yaml").safe_load((local / "config.yaml").read_text())) == trained["config"]
+    assert load_config(None, yaml.safe_load((local / "config.yaml").read_text())) == trained["config"]
 
 
 @pytest.mark.slow
