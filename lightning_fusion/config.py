@@ -89,6 +89,23 @@ class TabularConfig:
 
 
 @dataclass
+class SignalConfig:
+    """1-D signal normalisation (e.g. ECG leads).
+
+    ``lead``: z-score per lead with mean/std fitted on training patients only; ``global``: one
+    mean/std over all leads, fitted on train; ``sample``: each recording scaled by its own per-lead
+    mean/std (nothing fitted); ``none``: raw values.
+    """
+
+    normalise: str = "lead"
+
+    def __post_init__(self) -> None:
+        choices = ["lead", "global", "sample", "none"]
+        if self.normalise not in choices:
+            raise UnknownNameError(suggest(self.normalise, choices, "signal normalisation"))
+
+
+@dataclass
 class DataConfig:
     """Which dataset, where it is, and how it becomes batches."""
 
@@ -101,6 +118,7 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tabular: TabularConfig = field(default_factory=TabularConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
 
     def __post_init__(self) -> None:
         if self.image_size < 8:

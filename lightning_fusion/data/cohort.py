@@ -81,6 +81,9 @@ class Cohort:
         modalities: modality name → source (e.g. image files, a feature table).
         splits: predefined split (``train``/``val``/``test``) per patient id, when the dataset has one.
         excluded: reason → patient ids the reader already excluded (e.g. a missing view).
+        groups: the patient each sample belongs to, when a patient can have several samples (PTB-XL:
+            several ECG records per patient; ids in ``labels`` are then sample ids). Splits keep each
+            group whole.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Cohort:
     modalities: dict[str, Any]
     splits: pd.Series | None = None
     excluded: dict[str, list[str]] = field(default_factory=dict)
+    groups: pd.Series | None = None
 
     def check_labels(self) -> None:
         """Every label must be one of ``classes``; the error names the patient and the label."""

@@ -20,7 +20,8 @@ from lightning_fusion.config import DataConfig, component_options
 from lightning_fusion.data.cohort import Cohort, DataError, JoinReport, class_counts, join_modalities, label_indices
 from lightning_fusion.data.dataset import MultimodalDataset
 from lightning_fusion.data.readers import READERS
-from lightning_fusion.data.splits import SPLITS, assert_disjoint, predefined_split, stratified_split
+from lightning_fusion.data.signal import SignalPreprocessor
+from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
 from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.data.transforms import build_augmentation
 from lightning_fusion.models import ModalitySpec
@@ -41,7 +42,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.join: JoinReport | None = None
         self.splits: dict[str, list[str]] = {}
         self.datasets: dict[str, MultimodalDataset] = {}
-        self.preprocessors: dict[str, TabularPreprocessor] = {}
+        self.preprocessors: dict[str, TabularPreprocessor | SignalPreprocessor] = {}
         self.class_weights: list[float] = []
 
     # ---------------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class MultimodalDataModule(L.LightningDataModule):
         cohort.classes = [c for c in cohort.classes if c not in self.config.exclude_labels]
         labels = cohort.labels.loc[join.kept]
         splits = self._split(cohort, labels)
-        assert_disjoint(splits)
+        assert_patients_disjoint(splits, cohort.groups)
         missing_classes = [c for c, n in class_counts(labels.loc[splits["train"]], cohort.classes).items() if n == 0]
         if missing_classes:
             raise DataError(f"{cohort.name}: no training patients for class(es) {missing_classes}")
@@ -85,7 +86,7 @@ class MultimodalDataModule(L.LightningDataModule):
         if cohort.splits is not None and self.config.split.use_predefined:
             return predefined_split(cohort.splits, list(labels.index))
         fractions = {"train": self.config.split.train, "val": self.config.split.val, "test": self.config.split.test}
-        return stratified_split(labels, fractions, self.config.split.seed)
+        return stratified_split(labels, fractions, self.config.split.seed, cohort.groups)
 
     def _load_arrays(self, cohort: Cohort, splits: dict[str, list[str]], y_train: np.ndarray) -> dict[str, dict]:
         arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in SPLITS}
@@ -100,6 +101,12 @@ class MultimodalDataModule(L.LightningDataModule):
                 self.preprocessors[modality] = preprocessor
                 for name in SPLITS:
                     arrays[name][modality] = preprocessor.transform(source.rows(splits[name]), source=source.source)
+            elif source.kind == "signal":
+                raw = {name: source.load_many(splits[name]) for name in SPLITS}
+                preprocessor = SignalPreprocessor(self.config.signal).fit(raw["train"], leads=source.leads)
+                self.preprocessors[modality] = preprocessor
+                for name in SPLITS:
+                    arrays[name][modality] = preprocessor.transform(raw[name])
             else:
                 raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
         return arrays

@@ -16,13 +16,20 @@ class LeakageError(DataError):
     """The same patient appears in more than one split (or fold)."""
 
 
-def stratified_split(labels: pd.Series, fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:
+def stratified_split(
+    labels: pd.Series, fractions: Mapping[str, float], seed: int, groups: pd.Series | None = None
+) -> dict[str, list[str]]:
     """Split patients (the index of ``labels``) per class into train/val/test, seeded.
 
     Within each class the patients are shuffled and ``round(n * fraction)`` go to val and to test,
     the rest to train, so every split keeps the class balance as closely as integers allow. Small
     classes keep at least one training patient.
+
+    With ``groups`` (sample id → patient id), whole patients are split: each patient is stratified
+    by its most frequent label (ties: the first class in sorted order) and all its samples follow it.
     """
+    if groups is not None:
+        return _grouped_split(labels, fractions, seed, groups)
     rng = np.random.default_rng(seed)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     for label in sorted(labels.unique()):
@@ -41,6 +48,19 @@ def stratified_split(labels: pd.Series, fractions: Mapping[str, float], seed: in
     return {name: sorted(ids) for name, ids in splits.items()}
 
 
+def _grouped_split(
+    labels: pd.Series, fractions: Mapping[str, float], seed: int, groups: pd.Series
+) -> dict[str, list[str]]:
+    owner = groups.reindex(labels.index)
+    if owner.isna().any():
+        raise DataError(f"samples without a patient (group) id: {sorted(owner.index[owner.isna()])[:5]}")
+    frame = pd.DataFrame({"label": labels.astype(str), "group": owner.astype(str)})
+    group_label = frame.groupby("group")["label"].agg(lambda values: sorted(values.mode())[0])
+    group_splits = stratified_split(group_label, fractions, seed)
+    split_of = {group: name for name, members in group_splits.items() for group in members}
+    return {name: sorted(frame.index[frame["group"].map(split_of) == name]) for name in SPLITS}
+
+
 def predefined_split(splits: pd.Series, keep: Sequence[str]) -> dict[str, list[str]]:
     """Use the dataset's own split column for the ``keep`` patients."""
     unknown = sorted(set(splits.dropna().unique()) - set(SPLITS))
@@ -50,6 +70,13 @@ def predefined_split(splits: pd.Series, keep: Sequence[str]) -> dict[str, list[s
     if chosen.isna().any():
         raise DataError(f"patients without a predefined split: {sorted(chosen.index[chosen.isna()])[:5]}")
     return {name: sorted(chosen.index[chosen == name]) for name in SPLITS}
+
+
+def assert_patients_disjoint(splits: Mapping[str, Sequence[str]], groups: pd.Series | None) -> None:
+    """Raise :class:`LeakageError` if a sample id, or (with ``groups``) a patient, is in two splits."""
+    assert_disjoint(splits)
+    if groups is not None:
+        assert_disjoint({name: [str(groups[sid]) for sid in ids] for name, ids in splits.items()})
 
 
 def assert_disjoint(groups: Mapping[str, Sequence[str]]) -> None:

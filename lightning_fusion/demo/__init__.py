@@ -1,5 +1,14 @@
-"""Synthetic demo data for lightning_fusion."""
+"""Synthetic datasets in the real layouts the readers expect, with a learnable class signal.
 
-from lightning_fusion.demo.mpi_cohort import CLASS_FOLDERS, VIEW_NAMES, generate_mpi_cohort
+Each layout's writer registers in :data:`DEMO_LAYOUTS` as a function
+``write(root, patients=..., seed=...) -> Path`` with metadata ``reader`` (the reader that reads it)
+and ``description``. ``python -m lightning_fusion.make_demo_data <layout> <dir>`` calls them.
+"""
 
-__all__ = ["CLASS_FOLDERS", "VIEW_NAMES", "generate_mpi_cohort"]
+from lightning_fusion.registry import Registry
+
+DEMO_LAYOUTS: Registry = Registry("demo data layout")
+
+from lightning_fusion.demo.mpi_cohort import CLASS_FOLDERS, VIEW_NAMES, generate_mpi_cohort  # noqa: E402
+
+__all__ = ["CLASS_FOLDERS", "DEMO_LAYOUTS", "VIEW_NAMES", "generate_mpi_cohort"]

@@ -39,10 +39,6 @@ artefacts. Neither modality alone is enough; fusion should beat both.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +46,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.writing import write_atomically
 
 __all__ = ["CLASS_FOLDERS", "VIEW_NAMES", "generate_mpi_cohort"]
 
@@ -95,7 +94,6 @@ def generate_mpi_cohort(
             the same arguments.
     """
     fractions = _validate(n_patients, seed, image_size, class_fractions)
-    root = Path(root)
     params = {
         "n_patients": int(n_patients),
         "seed": int(seed),
@@ -103,27 +101,9 @@ def generate_mpi_cohort(
         "class_fractions": list(fractions),
         "version": _VERSION,
     }
-    if root.exists() and not _is_empty_dir(root):
-        if _matches(root, params):
-            return root
-        raise FileExistsError(
-            f"{root} exists and is not an MPI cohort generated with {params}; remove it or choose another root"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write_cohort(tmp, params, fractions)
-        if _is_empty_dir(root):
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        # A concurrent process (e.g. another DDP rank) may have won the race.
-        if isinstance(error, OSError) and _matches(root, params):
-            return root
-        raise
-    return root
+    return write_atomically(
+        root, params, lambda out: _write_cohort(out, params, fractions), what="synthetic MPI cohort"
+    )
 
 
 def _validate(n_patients: int, seed: int, image_size: int, class_fractions: Sequence[float]) -> tuple[float, ...]:
@@ -139,20 +119,6 @@ def _validate(n_patients: int, seed: int, image_size: int, class_fractions: Sequ
     return fractions
 
 
-def _is_empty_dir(path: Path) -> bool:
-    """Whether ``path`` is an existing directory without entries."""
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _matches(root: Path, params: dict) -> bool:
-    """Whether ``root/cohort.json`` records exactly the generation parameters ``params``."""
-    try:
-        meta = json.loads((root / "cohort.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and all(meta.get(k) == v for k, v in params.items())
-
-
 def _class_counts(n: int, fractions: Sequence[float]) -> list[int]:
     """Exact class counts: rounded, at least 2 each, remainder on the majority class."""
     counts = [max(2, round(n * f)) for f in fractions]
@@ -160,8 +126,8 @@ def _class_counts(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def _write_cohort(out: Path, params: dict, fractions: Sequence[float]) -> None:
-    """Sample the cohort and write images, ``clinical.csv`` and ``cohort.json`` into ``out``."""
+def _write_cohort(out: Path, params: dict, fractions: Sequence[float]) -> dict:
+    """Sample the cohort and write images and ``clinical.csv`` into ``out``; return the class counts."""
     n, size = params["n_patients"], params["image_size"]
     rng = np.random.default_rng(params["seed"])
     counts = _class_counts(n, fractions)
@@ -191,8 +157,7 @@ def _write_cohort(out: Path, params: dict, fractions: Sequence[float]) -> None:
     table.insert(0, "patient_id", [f"mpi_{k}" for k in numbers])
     table = table.iloc[rng.permutation(n)].reset_index(drop=True)
     table.to_csv(out / "clinical.csv", index=False, lineterminator="\n")
-    meta = {**params, "class_counts": dict(zip(CLASS_FOLDERS, counts))}
-    (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return {"class_counts": dict(zip(CLASS_FOLDERS, counts))}
 
 
 def _blob(grid: tuple[np.ndarray, ...], r0: float, theta0: float, sigma_r: float, sigma_theta: float) -> np.ndarray:
@@ -318,3 +283,11 @@ def _clinical_table(
     for column in _NAN_COLUMNS:
         table.loc[rng.random(n) < rng.uniform(0.02, 0.05), column] = np.nan
     return table
+
+
+@DEMO_LAYOUTS.register(
+    "mpi", reader="mpi", description="SPECT MPI: 3 RGB views per patient in class folders + clinical.csv"
+)
+def write_mpi(root: str | Path, patients: int = 120, seed: int = 0) -> Path:
+    """The MPI layout for ``make_demo_data`` (64-px views)."""
+    return generate_mpi_cohort(root, patients, seed=seed, image_size=64)
