@@ -16,6 +16,23 @@ from lightning_fusion.demo import generate_mpi_cohort  # noqa: E402
 
 SMALL_PATIENTS = 60
 SMALL_IMAGE = 32
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public data (PTB-XL subset, PneumoniaMNIST): ``$LF_DATA_DIR``, default ``../shared/data``.
+
+    Missing data skips the test on a developer's machine but fails it in CI (``CI`` set), where the
+    data is always beside the clone: a real-data test must not pass by not running.
+    """
+    root = Path(os.environ.get("LF_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data")).resolve()
+    if not root.is_dir():
+        message = f"real data folder not found: {root} (set LF_DATA_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
 
 
 @pytest.fixture(scope="session")
