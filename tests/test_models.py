@@ -14,8 +14,12 @@ from lightning_fusion.encoders.image import PretrainedWeightsError, TimmImageEnc
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.models import ModalitySpec, build_model
 
-SPECS = {"image": ModalitySpec("image", (9, 32, 32)), "tabular": ModalitySpec("vector", (12,))}
-SUBSETS = [list(c) for r in (1, 2) for c in combinations(sorted(SPECS), r)]
+SPECS = {
+    "image": ModalitySpec("image", (9, 32, 32)),
+    "signal": ModalitySpec("signal", (12, 100)),
+    "tabular": ModalitySpec("vector", (12,)),
+}
+SUBSETS = [list(c) for r in (1, 2, 3) for c in combinations(sorted(SPECS), r)]
 
 
 def _batch(batch_size: int = 4) -> dict[str, torch.Tensor]:
@@ -28,6 +32,7 @@ def _model_config(modalities, fusion, **encoder_overrides):
         "model.modalities": modalities,
         "model.fusion": {"name": fusion},
         "model.encoders.image.backbone": "test_resnet",
+        "model.encoders.signal": {"name": "resnet1d", "widths": [8, 16]},
     }
     overrides.update(encoder_overrides)
     return load_config(None, overrides).model
@@ -62,6 +67,21 @@ def test_every_encoder_maps_its_kind_to_features(name):
     features = encoder(_batch()[modality])
     assert features.shape == (4, encoder.out_features)
     assert torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("name", ENCODERS.names(input_kind="signal"))
+@pytest.mark.parametrize("shape", [(1, 500), (12, 1000)], ids=["1-lead", "12-lead"])
+def test_signal_encoders_take_any_lead_count(name, shape):
+    encoder = ENCODERS.create(name, shape, ENCODERS.metadata(name)["config"]())
+    features = encoder(torch.randn(3, *shape))
+    assert features.shape == (3, encoder.out_features)
+
+
+def test_resnet1d_rejects_a_signal_too_short_for_its_stages():
+    from lightning_fusion.encoders.signal import ResNet1DConfig, ResNet1DEncoder
+
+    with pytest.raises(ValueError, match="needs >= 16 samples, got 10"):
+        ResNet1DEncoder((1, 10), ResNet1DConfig(widths=[8, 16, 32]))
 
 
 def test_encoder_kind_mismatch_names_the_modality():

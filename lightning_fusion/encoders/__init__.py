@@ -10,6 +10,6 @@ from lightning_fusion.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
 
-from lightning_fusion.encoders import image, tabular  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.encoders import image, signal, tabular  # noqa: E402,F401  (register the built-ins)
 
 __all__ = ["ENCODERS"]
