@@ -217,3 +217,38 @@ def test_datamodule_uses_the_cohort_split_when_it_has_one(small_cohort, monkeypa
     ids = sorted(sum(datamodule.splits.values(), []))
     assert datamodule.splits["test"] == ids[::5]
     assert _datamodule(small_cohort, **{"data.split.use_predefined": False}).splits["test"] != ids[::5]
+
+
+def _flatten_to_labels_table(root):
+    """Move patient folders out of their class folders and write their labels to labels.csv."""
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for patient in sorted(class_dir.iterdir()):
+            rows.append({"patient_id": patient.name, "label": class_dir.name.upper()})
+            patient.rename(root / patient.name)
+        class_dir.rmdir()
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return rows
+
+
+def test_mpi_labels_table_layout_reads_like_class_folders(small_cohort, small_cohort_master):
+    reference = _datamodule(small_cohort_master).summary()
+    rows = _flatten_to_labels_table(small_cohort)
+    flat = _datamodule(small_cohort, **{"data.reader": {"name": "mpi", "labels_file": "labels.csv"}}).summary()
+    assert flat["counts"] == reference["counts"] and flat["splits"] == reference["splits"]
+    assert len(rows) == SMALL_PATIENTS
+
+
+def test_mpi_labels_table_problems_name_the_patient(small_cohort):
+    rows = _flatten_to_labels_table(small_cohort)
+    reader = {"name": "mpi", "labels_file": "labels.csv"}
+    frame = pd.DataFrame(rows)
+    frame.loc[3, "label"] = "ischaemia"
+    frame.to_csv(small_cohort / "labels.csv", index=False)
+    pid = normalise_patient_id(rows[3]["patient_id"])
+    message = rf"labels\.csv: patient {pid}: unknown label 'ischaemia'; did you mean 'ischemia'"
+    with pytest.raises(DataError, match=message):
+        _datamodule(small_cohort, **{"data.reader": reader})
+    frame.drop(index=3).assign(label=lambda f: f["label"].str.lower()).to_csv(small_cohort / "labels.csv", index=False)
+    summary = _datamodule(small_cohort, **{"data.reader": reader}).summary()
+    assert summary["excluded_patients"]["no label"] == [pid]  # a folder without a label row is reported

@@ -9,6 +9,12 @@ Layout (class folders; folder names match class names case-insensitively)::
     <root>/Infarction/<patient>/...
     <root>/clinical.csv            # or .xlsx: an id column + numeric metrics
 
+or, with ``labels_file`` set, patient folders directly under the root and the labels in a table::
+
+    <root>/<patient>/{QPS AC,Stress QGS AC,Rest QGS AC}.png
+    <root>/labels.csv              # or .xlsx: the id column + a label column
+    <root>/clinical.csv
+
 Each patient's views are matched by file-name patterns (case-insensitive globs on the file stem,
 one file per view) and stacked in view order: 3 RGB views → a 9-channel image. Patients missing a
 view are excluded and reported. ``demo_mpi`` is the same reader on the synthetic cohort that the
@@ -41,7 +47,9 @@ class MPIReaderConfig:
     channels_per_view: int = 3
     crop: list[int] | None = None  # (top, bottom, left, right) pixels, e.g. to drop a patient banner
     clinical_file: str | None = "clinical.csv"  # .csv or .xlsx under root; null: images only
-    id_column: str = "patient_id"
+    id_column: str = "patient_id"  # in the clinical table and the labels table
+    labels_file: str | None = None  # .csv/.xlsx under root; set it when patient folders are not in class folders
+    label_column: str = "label"
 
     def __post_init__(self) -> None:
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -70,23 +78,58 @@ class MPIReader:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"MPI data folder not found: {root}")
-        labels_raw, files, missing_view = self._scan_patients(root)
-        ids = normalise_ids([pid for pid, _ in labels_raw], f"{root} (patient folders)")
-        labels = pd.Series([label for _, label in labels_raw], index=ids, name="label", dtype=object)
-        image_files = {norm: files[raw] for norm, (raw, _) in zip(ids, labels_raw) if raw in files}
+        if self.options.labels_file:
+            labels, image_files, missing_view = self._scan_flat(root)
+        else:
+            labels, image_files, missing_view = self._scan_class_folders(root)
         modalities: dict[str, object] = {
             "image": ImageStackModality(image_files, self.options.channels_per_view, self.options.crop)
         }
         if self.options.clinical_file:
             modalities["tabular"] = _read_clinical(root / self.options.clinical_file, self.options.id_column)
-        excluded = {}
-        if missing_view:
-            excluded["missing a view"] = sorted(normalise_ids(missing_view, f"{root} (patients missing a view)"))
+        excluded = {"missing a view": sorted(missing_view)} if missing_view else {}
         cohort = Cohort(
             name=self.name, classes=list(self.options.classes), labels=labels, modalities=modalities, excluded=excluded
         )
         cohort.check_labels()
         return cohort
+
+    def _scan_class_folders(self, root: Path) -> tuple[pd.Series, dict[str, list[Path]], list[str]]:
+        labels_raw, files, missing_view = self._scan_patients(root)
+        ids = normalise_ids([pid for pid, _ in labels_raw], f"{root} (patient folders)")
+        labels = pd.Series([label for _, label in labels_raw], index=ids, name="label", dtype=object)
+        image_files = {norm: files[raw] for norm, (raw, _) in zip(ids, labels_raw) if raw in files}
+        return labels, image_files, normalise_ids(missing_view, f"{root} (patients missing a view)")
+
+    def _scan_flat(self, root: Path) -> tuple[pd.Series, dict[str, list[Path]], list[str]]:
+        """Patient folders under ``root``; labels from ``labels_file`` (matched case-insensitively)."""
+        path = root / self.options.labels_file
+        table = read_table(path, "labels table")
+        for column in (self.options.id_column, self.options.label_column):
+            if column not in table.columns:
+                raise DataError(f"{path}: " + suggest(column, [str(c) for c in table.columns], "column"))
+        ids = normalise_ids(table[self.options.id_column], f"{path} column {self.options.id_column!r}")
+        by_name = {c.casefold(): c for c in self.options.classes}
+        labels = {}
+        for pid, raw in zip(ids, table[self.options.label_column]):
+            if pd.isna(raw):
+                raise DataError(f"{path}: patient {pid} has no {self.options.label_column!r} value")
+            label = by_name.get(str(raw).strip().casefold())
+            if label is None:
+                raise DataError(f"{path}: patient {pid}: " + suggest(str(raw), list(self.options.classes), "label"))
+            labels[pid] = label
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folder_ids = normalise_ids([p.name for p in folders], f"{root} (patient folders)")
+        image_files, missing_view = {}, []
+        for pid, folder in zip(folder_ids, folders):
+            views = self._match_views(folder)
+            if views is None:
+                missing_view.append(pid)
+            else:
+                image_files[pid] = views
+        if not folders:
+            raise DataError(f"{root}: no patient folders")
+        return pd.Series(labels, name="label", dtype=object), image_files, missing_view
 
     def _scan_patients(self, root: Path) -> tuple[list[tuple[str, str]], dict[str, list[Path]], list[str]]:
         by_folder = {c.casefold(): c for c in self.options.classes}
@@ -127,13 +170,18 @@ class MPIReader:
         return matched
 
 
-def _read_clinical(path: Path, id_column: str) -> TableModality:
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV or Excel (.xlsx/.xls) table; a missing or unreadable file is a :class:`DataError` naming it."""
     if not path.is_file():
-        raise DataError(f"clinical table not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     try:
-        frame = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(path)
+        return pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(path)
     except Exception as err:  # pandas raises many parser errors; all mean "cannot read this file"
-        raise DataError(f"cannot read clinical table {path}: {err}") from err
+        raise DataError(f"cannot read {what} {path}: {err}") from err
+
+
+def _read_clinical(path: Path, id_column: str) -> TableModality:
+    frame = read_table(path, "clinical table")
     if id_column not in frame.columns:
         raise DataError(f"{path}: " + suggest(id_column, [str(c) for c in frame.columns], "id column"))
     frame.index = pd.Index(normalise_ids(frame.pop(id_column), f"{path} column {id_column!r}"), name="patient_id")
