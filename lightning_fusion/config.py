@@ -263,7 +263,7 @@ def build_dataclass(cls: type, data: Mapping[str, Any] | None, path: str = "") -
         kwargs[key] = _coerce(hints[key], value, key_path)
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UnknownNameError) as err:  # UnknownNameError: a bad choice among names
         raise ConfigError(f"{path or 'config'}: {err}") from err
 
 

@@ -57,6 +57,10 @@ def test_missing_view_excludes_and_reports_the_patient(small_cohort):
     datamodule = _setup(small_cohort)
     assert datamodule.summary()["excluded_patients"] == {"missing a view": [patient.name.lower()]}
     assert patient.name.lower() not in sum(datamodule.splits.values(), [])
+    # A view concerns the image only: the clinical-only ANN keeps the patient.
+    tabular_only = _setup(small_cohort, **{"model.modalities": ["tabular"]})
+    assert tabular_only.summary()["excluded_patients"] == {}
+    assert patient.name.lower() in sum(tabular_only.splits.values(), [])
 
 
 def test_patient_without_clinical_row_is_excluded_and_counted(small_cohort):

@@ -81,6 +81,9 @@ class Cohort:
         modalities: modality name → source (e.g. image files, a feature table).
         splits: predefined split (``train``/``val``/``test``) per patient id, when the dataset has one.
         excluded: reason → patient ids the reader already excluded (e.g. a missing view).
+        excluded_modality: reason → the modality it concerns (e.g. ``"missing a view": "image"``); such
+            a reason excludes its patients only from models that use that modality, like the join's own
+            ``no <modality>``. Reasons not listed concern the patient as a whole (e.g. an unusable label).
         groups: the patient each sample belongs to, when a patient can have several samples (PTB-XL:
             several ECG records per patient; ids in ``labels`` are then sample ids). Splits keep each
             group whole.
@@ -93,6 +96,7 @@ class Cohort:
     splits: pd.Series | None = None
     excluded: dict[str, list[str]] = field(default_factory=dict)
     groups: pd.Series | None = None
+    excluded_modality: dict[str, str] = field(default_factory=dict)
 
     def check_labels(self) -> None:
         """Every label must be one of ``classes``; the error names the patient and the label."""
@@ -125,13 +129,20 @@ def join_modalities(cohort: Cohort, required: Sequence[str], exclude_labels: Seq
     unknown_excluded = [label for label in exclude_labels if label not in cohort.classes]
     if unknown_excluded:
         raise DataError(f"data.exclude_labels: {unknown_excluded} are not classes of {cohort.name} {cohort.classes}")
-    excluded: dict[str, list[str]] = {reason: sorted(ids) for reason, ids in cohort.excluded.items() if ids}
+
+    def concerns_this_model(reason: str) -> bool:
+        modality = cohort.excluded_modality.get(reason)
+        return modality is None or modality in required
+
+    excluded: dict[str, list[str]] = {
+        reason: sorted(ids) for reason, ids in cohort.excluded.items() if ids and concerns_this_model(reason)
+    }
     labelled = set(cohort.labels.index)
     for label in exclude_labels:
         ids = sorted(cohort.labels.index[cohort.labels == label])
         if ids:
             excluded[f"label {label!r} excluded by config"] = ids
-    reader_excluded = {pid for ids in cohort.excluded.values() for pid in ids}
+    reader_excluded = {pid for ids in excluded.values() for pid in ids}  # (+ excluded labels: dropped anyway)
     wanted = labelled - {pid for label in exclude_labels for pid in cohort.labels.index[cohort.labels == label]}
     kept = set(wanted) - reader_excluded  # already reported by the reader; not counted twice
     for modality in required:

@@ -89,7 +89,12 @@ class MPIReader:
             modalities["tabular"] = _read_clinical(root / self.options.clinical_file, self.options.id_column)
         excluded = {"missing a view": sorted(missing_view)} if missing_view else {}
         cohort = Cohort(
-            name=self.name, classes=list(self.options.classes), labels=labels, modalities=modalities, excluded=excluded
+            name=self.name,
+            classes=list(self.options.classes),
+            labels=labels,
+            modalities=modalities,
+            excluded=excluded,
+            excluded_modality={"missing a view": "image"},
         )
         cohort.check_labels()
         return cohort
