@@ -98,7 +98,7 @@ def test_counts_ids_and_predefined_splits(demo_master):
     assert len(cohort.labels) == PATIENTS and cohort.excluded == {}
     assert cohort.classes == ["Healthy", "LungsCancer", "Pneumonia", "covid"]
     assert {m: src.patient_ids for m, src in cohort.modalities.items()} == {
-        m: set(cohort.labels.index) for m in ("ct", "cxr", "cough")
+        m: set(cohort.labels.index) for m in ("ct", "cxr", "cough", "stack")
     }
     # data.root may also be the processed_dataset_split folder itself.
     inner = _read(demo_master / "processed_dataset_split")
@@ -119,6 +119,17 @@ def test_datamodule_uses_the_predefined_splits(demo_master):
     }
 
 
+def test_stack_modality_is_the_three_images_as_channels(demo_master):
+    cohort = _read(demo_master)
+    sid = "train/pneumonia/0001"
+    stacked = cohort.modalities["stack"].load(sid, 16)
+    assert stacked.shape == (16, 16, 3)
+    for channel, modality in enumerate(("ct", "cxr", "cough")):
+        np.testing.assert_array_equal(stacked[:, :, channel], cohort.modalities[modality].load(sid, 16)[:, :, 0])
+    with pytest.raises(ValueError, match="'stack' is reserved"):
+        CxrCtCoughReaderConfig(modality_folders={"stack": "CT", "cxr": "CXR"})
+
+
 def test_rgb_option_reads_three_channels(demo_master):
     cohort = _read(demo_master, channels_per_view=3)
     image = cohort.modalities["cxr"].load("train/healthy/0000", 16)
@@ -135,7 +146,12 @@ def test_pairing_follows_natural_sort_order(tmp_path):
     cohort = _read(root)
     assert list(cohort.labels.index) == ["train/covid/0000", "train/covid/0001", "train/covid/0002"]
     files = {m: [p.name for p in src.files["train/covid/0002"]] for m, src in cohort.modalities.items()}
-    assert files == {"ct": ["scan10.png"], "cxr": ["xray_010.png"], "cough": ["Cough 10.PNG"]}
+    assert files == {
+        "ct": ["scan10.png"],
+        "cxr": ["xray_010.png"],
+        "cough": ["Cough 10.PNG"],
+        "stack": ["scan10.png", "xray_010.png", "Cough 10.PNG"],
+    }
     pixels = [int(cohort.modalities[m].load("train/covid/0001", 8)[0, 0, 0]) for m in ("ct", "cxr", "cough")]
     assert pixels == [2, 102, 202]
 
@@ -178,7 +194,7 @@ def test_missing_modality_folder_and_unknown_split_folder(demo):
     (split / "valid" / "Cough sound").rename(split / "valid" / "Cough_sound")
     with pytest.raises(DataError, match=r"no folder 'Cough sound' for modality 'cough'.*did you mean 'Cough_sound'"):
         _read(demo)
-    assert len(_read(demo, modality_folders={"ct": "CT", "cxr": "CXR"}).modalities) == 2
+    assert set(_read(demo, modality_folders={"ct": "CT", "cxr": "CXR"}).modalities) == {"ct", "cxr", "stack"}
     (split / "test").rename(split / "tset")
     with pytest.raises(DataError, match=r"unknown split folder 'tset'; did you mean 'test'"):
         _read(demo)

@@ -34,6 +34,10 @@ Images are read as grayscale (``channels_per_view: 1``; RGB exports are converte
 ``channels_per_view: 3``. Recordings are converted to log-mel spectrogram images once and cached
 (:mod:`lightning_fusion.data.audio`; parameters under ``spectrogram``), so a cough folder may hold
 spectrogram images, recordings, or both.
+
+Besides one modality per folder, the cohort has ``stack``: the paired CT, CXR and cough images of a
+sample stacked as the channels of one image (in ``modality_folders`` order; grayscale → 3 channels).
+A model on ``[stack]`` alone is input-level ("early") fusion: one backbone sees all three at once.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 DATASET_FOLDER = "processed_dataset_split"
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 UNEQUAL_COUNT_POLICIES = ("error", "truncate")
+STACK = "stack"  # every modality's image stacked as channels: input-level (early) fusion
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -79,6 +84,8 @@ class CxrCtCoughReaderConfig:
             raise ValueError(f"modality_folders must map modalities to distinct folders, got {self.modality_folders}")
         if self.channels_per_view not in (1, 3):
             raise ValueError(f"channels_per_view must be 1 (grayscale) or 3 (RGB), got {self.channels_per_view}")
+        if STACK in self.modality_folders:
+            raise ValueError(f"modality_folders: {STACK!r} is reserved for the stacked (early fusion) modality")
         if self.on_unequal_counts not in UNEQUAL_COUNT_POLICIES:
             raise UnknownNameError(suggest(self.on_unequal_counts, list(UNEQUAL_COUNT_POLICIES), "on_unequal_counts"))
 
@@ -122,14 +129,23 @@ class CxrCtCoughReader:
             raise DataError(f"{dataset}: no samples; the class folders hold no image or audio files")
         ids = normalise_ids(raw_ids, f"{dataset} (sample ids)")
         normalised = dict(zip(raw_ids, ids))
+        images = {
+            modality: {normalised[raw]: self._as_image(normalised[raw], path) for raw, path in by_id.items()}
+            for modality, by_id in files.items()
+        }
         modalities = {
             modality: ImageStackModality(
-                {normalised[raw]: [self._as_image(normalised[raw], path)] for raw, path in by_id.items()},
+                {sid: [path] for sid, path in by_id.items()},
                 channels_per_view=self.options.channels_per_view,
                 convert=True,
             )
-            for modality, by_id in files.items()
+            for modality, by_id in images.items()
         }
+        modalities[STACK] = ImageStackModality(
+            {sid: [images[m][sid] for m in images] for sid in set.intersection(*(set(v) for v in images.values()))},
+            channels_per_view=self.options.channels_per_view,
+            convert=True,
+        )
         cohort = Cohort(
             name=self.name,
             classes=list(self.options.classes),
