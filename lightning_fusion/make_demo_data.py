@@ -7,6 +7,7 @@ be tried end to end without patient data: ``fit --config experiments/<x>.yaml --
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ def _layouts_help() -> str:
         f"  {name:<14} {DEMO_LAYOUTS.metadata(name)['description']} (reader: {DEMO_LAYOUTS.metadata(name)['reader']})"
         for name in DEMO_LAYOUTS
     )
+
+
+def _quote(value: object) -> str:
+    return shlex.quote(str(value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    reader = DEMO_LAYOUTS.metadata(args.layout)["reader"]
+    meta = DEMO_LAYOUTS.metadata(args.layout)
+    options = "".join(f" --data.reader.{key} {_quote(value)}" for key, value in meta.get("reader_options", {}).items())
     print(f"wrote the {args.layout} layout to {root}")
-    print(f"read it with: --data.reader.name {reader} --data.root {root}")
+    print(f"read it with: --data.reader.name {meta['reader']}{options} --data.root {root}")
     return 0
 
 
