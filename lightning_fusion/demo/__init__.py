@@ -12,4 +12,4 @@ DEMO_LAYOUTS: Registry = Registry("demo data layout")
 from lightning_fusion.demo.mpi_cohort import CLASS_FOLDERS, VIEW_NAMES, generate_mpi_cohort  # noqa: E402
 
 __all__ = ["CLASS_FOLDERS", "DEMO_LAYOUTS", "VIEW_NAMES", "generate_mpi_cohort"]
-from lightning_fusion.demo import cxr_ct_cough, ecg, image_folders, medmnist  # noqa: E402,F401  (register the other layouts' writers)
+from lightning_fusion.demo import cxr_ct_cough, ecg, image_folders, medmnist, ptbxl  # noqa: E402,F401  (register the other layouts' writers)

@@ -9,6 +9,6 @@ from lightning_fusion.registry import Registry
 
 READERS: Registry = Registry("dataset reader")
 
-from lightning_fusion.data.readers import cxr_ct_cough, ecg, image_folders, medmnist, mpi  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.data.readers import cxr_ct_cough, ecg, image_folders, medmnist, mpi, ptbxl  # noqa: E402,F401  (register the built-ins)
 
 __all__ = ["READERS"]
