@@ -18,6 +18,7 @@ from lightning_fusion.training import fit
 from tests.conftest import PROJECT_ROOT
 
 EXPERIMENTS = sorted((PROJECT_ROOT / "experiments").glob("*.yaml"))
+READERS_OF = {path.stem: load_yaml(path)["data"]["reader"]["name"] for path in EXPERIMENTS}
 
 
 def _layout_for(reader: str) -> str:
@@ -56,7 +57,18 @@ def _smoke(data: dict, root: Path | None) -> dict:
 
 def test_there_is_an_experiment_per_reference_study():
     names = {path.stem for path in EXPERIMENTS}
-    assert {"demo", "mpi_fusion", "mpi_mobilenet"} <= names
+    assert {
+        "demo",
+        "mpi_fusion",
+        "mpi_mobilenet",
+        "ecg_multimodal",
+        "cxr_ct_cough_early",
+        "cxr_ct_cough_intermediate",
+        "cmri_baseline",
+        "ptbxl_fusion",
+        "pneumoniamnist",
+    } <= names
+    assert {READERS_OF[name] for name in names} >= {"mpi", "ecg", "cxr_ct_cough", "image_folders", "ptbxl", "medmnist"}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -77,7 +89,9 @@ def test_experiment_trains_one_epoch_on_its_layout(path, demo_roots, mlflow_stor
         data["data"]["reader"]["patients"] = 40
         root = None
     else:
-        root = demo_roots(_layout_for(reader))
+        layout = _layout_for(reader)
+        root = demo_roots(layout)
+        data["data"]["reader"].update(DEMO_LAYOUTS.metadata(layout).get("reader_options", {}))
     data["tracking"] = {"tracking_uri": mlflow_store["uri"], "artifact_root": mlflow_store["artifacts"]}
     result = fit(resolve(_smoke(data, root)))
     run = MlflowClient(mlflow_store["uri"]).get_run(result.run_id)
