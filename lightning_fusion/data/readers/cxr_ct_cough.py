@@ -54,6 +54,7 @@ from lightning_fusion.data.audio import AUDIO_SUFFIXES, MelSpectrogramParams, ca
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
 from lightning_fusion.registry import UnknownNameError, suggest
 
@@ -97,16 +98,12 @@ def natural_key(name: str) -> tuple[list[int | str], str]:
 
 
 @READERS.register("cxr_ct_cough", config=CxrCtCoughReaderConfig)
-class CxrCtCoughReader:
+class CxrCtCoughReader(FolderReader):
     """Reads the layout into a cohort with one grayscale (or RGB) image modality per folder."""
 
     name = "cxr_ct_cough"
 
-    def __init__(self, options: CxrCtCoughReaderConfig) -> None:
-        self.options = options
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
+    options: CxrCtCoughReaderConfig
 
     def read(self, root: Path | None) -> Cohort:
         dataset = self._dataset_folder(root)

@@ -51,6 +51,7 @@ import pandas as pd
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality, SignalModality, TableModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
 from lightning_fusion.registry import suggest
 
@@ -93,16 +94,12 @@ class ECGReaderConfig:
 
 
 @READERS.register("ecg", config=ECGReaderConfig)
-class ECGReader:
+class ECGReader(FolderReader):
     """Reads the ECG layout into a cohort with ``image``, ``signal`` and ``tabular`` modalities."""
 
     name = "ecg"
 
-    def __init__(self, options: ECGReaderConfig) -> None:
-        self.options = options
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
+    options: ECGReaderConfig
 
     def read(self, root: Path | None) -> Cohort:
         options = self.options

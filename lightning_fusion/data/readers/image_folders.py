@@ -41,6 +41,7 @@ import pandas as pd
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids, normalise_patient_id
 from lightning_fusion.data.modalities import ImageStackModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
 from lightning_fusion.registry import suggest
 
@@ -84,16 +85,12 @@ class _ImageFile:
 
 
 @READERS.register("image_folders", config=ImageFoldersConfig)
-class ImageFoldersReader:
+class ImageFoldersReader(FolderReader):
     """Reads class folders of single images into a cohort with one ``image`` modality."""
 
     name = "image_folders"
 
-    def __init__(self, options: ImageFoldersConfig) -> None:
-        self.options = options
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
+    options: ImageFoldersConfig
 
     def read(self, root: Path | None) -> Cohort:
         if root is None:

@@ -39,6 +39,7 @@ import pandas as pd
 from lightning_fusion.data.cohort import Cohort, DataError
 from lightning_fusion.data.modalities import ArrayImageModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.splits import stratified_split
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,12 @@ class _Split:
 
 
 @READERS.register("medmnist", config=MedMNISTConfig)
-class MedMNISTReader:
+class MedMNISTReader(FolderReader):
     """Reads a MedMNIST ``.npz`` into a cohort with one ``image`` modality and predefined splits."""
 
     name = "medmnist"
 
-    def __init__(self, options: MedMNISTConfig) -> None:
-        self.options = options
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
+    options: MedMNISTConfig
 
     def read(self, root: Path | None) -> Cohort:
         path = self._find_file(root)

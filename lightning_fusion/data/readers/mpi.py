@@ -33,6 +33,7 @@ import pandas as pd
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality, TableModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.registry import suggest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -61,16 +62,12 @@ class MPIReaderConfig:
 
 
 @READERS.register("mpi", config=MPIReaderConfig)
-class MPIReader:
+class MPIReader(FolderReader):
     """Reads the MPI layout into a cohort with ``image`` and (optionally) ``tabular`` modalities."""
 
     name = "mpi"
 
-    def __init__(self, options: MPIReaderConfig) -> None:
-        self.options = options
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
+    options: MPIReaderConfig
 
     def read(self, root: Path | None) -> Cohort:
         if root is None:

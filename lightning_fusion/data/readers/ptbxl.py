@@ -66,6 +66,7 @@ from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids, norma
 from lightning_fusion.data.ecg_render import ECGImageCache, RenderedECGModality, RenderOptions
 from lightning_fusion.data.modalities import SignalModality, TableModality
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.data.readers.base import FolderReader
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +137,17 @@ def record_label(
 
 
 @READERS.register("ptbxl", config=PTBXLReaderConfig)
-class PTBXLReader:
+class PTBXLReader(FolderReader):
     """Reads PTB-XL into a cohort of records with ``signal``, ``tabular`` and optionally ``image``."""
 
     name = "ptbxl"
 
+    options: PTBXLReaderConfig
+
     def __init__(self, options: PTBXLReaderConfig) -> None:
-        self.options = options
+        super().__init__(options)
         self.records: dict[str, Path] = {}  # sample id → WFDB record path without suffix
         self.leads: list[str] = []
-
-    def prepare(self, root: Path | None) -> None:
-        """Nothing to generate for user data."""
 
     def read(self, root: Path | None) -> Cohort:
         if root is None:
