@@ -207,6 +207,29 @@ def test_corrupt_record_names_the_ecg_id_and_file(synthetic):
         cohort.modalities["signal"].load(victim)
 
 
+def test_decoded_signals_are_cached_and_refreshed_when_the_record_changes(synthetic, tmp_path, monkeypatch):
+    cohort = _read(synthetic)
+    sid = sorted(cohort.labels.index, key=int)[0]
+    first = cohort.modalities["signal"].load(sid)
+    assert len(list((tmp_path / "cache" / "ptbxl_signals").rglob("*.npy"))) == 1
+
+    def no_wfdb(*args, **kwargs):
+        raise AssertionError("wfdb was called for a cached record")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lightning_fusion.data.readers.ptbxl.wfdb, "rdrecord", no_wfdb)
+        np.testing.assert_array_equal(_read(synthetic).modalities["signal"].load(sid), first)
+        with open(synthetic / "records100" / "00000" / f"{int(sid):05d}_lr.dat", "r+b") as dat:
+            dat.truncate(1000)  # a changed record file is a new cache entry, read (and checked) again
+        with pytest.raises(DataError, match="wfdb was called"):
+            _read(synthetic).modalities["signal"].load(sid)
+    uncached = _read(synthetic, cache_signals=False)
+    monkeypatch.setenv("LF_CACHE_DIR", str(tmp_path / "other-cache"))
+    with pytest.raises(DataError, match=rf"ecg_id {sid}: cannot read WFDB record"):
+        uncached.modalities["signal"].load(sid)
+    assert not (tmp_path / "other-cache" / "ptbxl_signals").exists()
+
+
 def _set_codes(root: Path, ecg_id: int, text: str) -> None:
     def edit(database):
         database.loc[database["ecg_id"] == ecg_id, "scp_codes"] = text

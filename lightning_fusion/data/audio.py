@@ -21,10 +21,6 @@ empty, shorter than one FFT window, non-finite, or silent audio.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +29,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
+from lightning_fusion.data.cache import cache_root, source_key, write_atomically
 from lightning_fusion.data.cohort import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -62,8 +59,7 @@ class MelSpectrogramParams:
 
 def default_cache_dir() -> Path:
     """``$LF_CACHE_DIR/log_mel``, else ``~/.cache/lightning_fusion/log_mel``."""
-    cache = Path(os.environ.get("LF_CACHE_DIR", Path.home() / ".cache" / "lightning_fusion"))
-    return cache / "log_mel"
+    return cache_root() / "log_mel"
 
 
 def load_audio(path: Path, sample_rate: int) -> np.ndarray:
@@ -112,15 +108,7 @@ def log_mel_image(samples: np.ndarray, params: MelSpectrogramParams, source: str
 
 def cache_key(path: Path, params: MelSpectrogramParams) -> str:
     """Hex digest of the source file's resolved path, mtime and size, and the parameters."""
-    stat = path.stat()
-    facts = {
-        "path": str(path.resolve()),
-        "mtime_ns": stat.st_mtime_ns,
-        "size": stat.st_size,
-        "params": dataclasses.asdict(params),
-        "version": _CACHE_VERSION,
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return source_key([path], dataclasses.asdict(params), _CACHE_VERSION)
 
 
 def cached_log_mel_png(path: str | Path, params: MelSpectrogramParams, cache_dir: Path | None = None) -> Path:
@@ -137,13 +125,4 @@ def cached_log_mel_png(path: str | Path, params: MelSpectrogramParams, cache_dir
     if target.is_file():
         return target
     image = log_mel_image(load_audio(path, params.sample_rate), params, source=f"audio file {path}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.stem}.", suffix=".png.partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(image).save(stream, format="PNG")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomically(target, lambda stream: Image.fromarray(image).save(stream, format="PNG"))

@@ -26,10 +26,6 @@ written atomically (temporary file + rename), so concurrent workers never read a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lightning_fusion.data.cache import cache_root, source_key, write_atomically
 from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ImageStackModality
 
@@ -112,7 +109,7 @@ def _draw_grid(
 
 def default_cache_dir() -> Path:
     """``$LF_CACHE_DIR/ecg_images``, or ``~/.cache/lightning_fusion/ecg_images``."""
-    return Path(os.environ.get("LF_CACHE_DIR", Path.home() / ".cache" / "lightning_fusion")) / "ecg_images"
+    return cache_root() / "ecg_images"
 
 
 class ECGImageCache:
@@ -124,12 +121,7 @@ class ECGImageCache:
 
     def path_for(self, record_files: Sequence[Path]) -> Path:
         """The cache file of a record; changes when a record file or a render option changes."""
-        stamps = []
-        for path in record_files:
-            stat = Path(path).stat()
-            stamps.append([str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size])
-        key_data = {"files": stamps, "options": dataclasses.asdict(self.options), "version": RENDER_VERSION}
-        key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+        key = source_key(record_files, dataclasses.asdict(self.options), RENDER_VERSION)
         return self.cache_dir / key[:2] / f"{key}.png"
 
     def image(
@@ -140,14 +132,7 @@ class ECGImageCache:
         if path.is_file():
             return path
         image = render_ecg(load(), leads, sampling_rate, self.options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial.png")
-        try:
-            image.save(partial, format="PNG")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+        return write_atomically(path, lambda stream: image.save(stream, format="PNG"))
 
 
 class RenderedECGModality(ImageStackModality):

@@ -24,12 +24,12 @@ package generates (:mod:`lightning_fusion.demo.mpi_cohort`).
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from lightning_fusion.data.cache import cache_root
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality, TableModality
 from lightning_fusion.data.readers import READERS
@@ -219,8 +219,7 @@ class DemoMPIReader(MPIReader):
         self.demo = options
 
     def default_root(self) -> Path:
-        cache = Path(os.environ.get("LF_CACHE_DIR", Path.home() / ".cache" / "lightning_fusion"))
-        return cache / f"demo_mpi-n{self.demo.patients}-s{self.demo.seed}-px{self.demo.image_size}"
+        return cache_root() / f"demo_mpi-n{self.demo.patients}-s{self.demo.seed}-px{self.demo.image_size}"
 
     def prepare(self, root: Path | None) -> None:
         from lightning_fusion.demo import generate_mpi_cohort

@@ -42,6 +42,10 @@ Modalities:
   (:mod:`lightning_fusion.data.ecg_render`, layout ``3x4`` or ``12x1``), rendered on first load and
   cached on disk; only the records a data module loads are rendered.
 
+Decoded signals are cached as ``.npy`` under ``$LF_CACHE_DIR/ptbxl_signals`` (``cache_signals``), keyed
+by the record files' paths, times and sizes: the first read of the 1,732-record subset takes ~13 s
+(wfdb), later reads well under a second.
+
 Missing record files are checked up front for the records that pass the label and fold filters:
 with ``missing_records: exclude`` (default) they are excluded and reported (a partial download
 still trains, and the summary says what is missing); with ``missing_records: error`` the first few
@@ -62,6 +66,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
+from lightning_fusion.data.cache import cache_root, source_key, write_atomically
 from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids, normalise_patient_id
 from lightning_fusion.data.ecg_render import ECGImageCache, RenderedECGModality, RenderOptions
 from lightning_fusion.data.modalities import SignalModality, TableModality
@@ -78,6 +83,7 @@ TABLE_COLUMNS = ["age", "sex", "height", "weight"]
 REQUIRED_COLUMNS = ["ecg_id", "patient_id", *TABLE_COLUMNS, "scp_codes", "strat_fold"]
 FILENAME_COLUMN = {100: "filename_lr", 500: "filename_hr"}
 AGE_CODE_OVER_89, AGE_OVER_89 = 300.0, 90.0
+SIGNAL_CACHE_VERSION = 1
 SPLIT_OF_OPTION = {"train_folds": "train", "val_folds": "val", "test_folds": "test"}
 MISSING_RECORDS = ("exclude", "error")
 
@@ -96,6 +102,7 @@ class PTBXLReaderConfig:
     image_layout: str = "3x4"  # 3x4 (standard printout) | 12x1 (one row per lead)
     image_width: int = 512
     image_height: int = 384
+    cache_signals: bool = True  # keep decoded records as .npy under $LF_CACHE_DIR/ptbxl_signals (wfdb is slow)
 
     def __post_init__(self) -> None:
         if self.sampling_rate not in FILENAME_COLUMN:
@@ -214,7 +221,23 @@ class PTBXLReader(FolderReader):
         return cohort
 
     def load_signal(self, sample_id: str) -> np.ndarray:
-        """The record as ``(leads, samples)`` ``float32`` millivolts; a bad file names the ecg_id and path."""
+        """The record as ``(leads, samples)`` ``float32`` millivolts; a bad file names the ecg_id and path.
+
+        Decoded once with wfdb, then (``cache_signals``) read back from a ``.npy`` keyed by the record
+        files' paths, times and sizes: wfdb's header parsing costs ~7 ms a record, the ``.npy`` ~0.1 ms.
+        """
+        if not self.options.cache_signals:
+            return self._read_record(sample_id)
+        params = {"sampling_rate": self.options.sampling_rate, "leads": self.leads}
+        key = source_key(_record_files(self.records[sample_id]), params, SIGNAL_CACHE_VERSION)
+        target = cache_root() / "ptbxl_signals" / key[:2] / f"{key}.npy"
+        if target.is_file():
+            return np.load(target)
+        signal = self._read_record(sample_id)
+        write_atomically(target, lambda stream: np.save(stream, signal))
+        return signal
+
+    def _read_record(self, sample_id: str) -> np.ndarray:
         path = self.records[sample_id]
         try:
             record = wfdb.rdrecord(str(path))
