@@ -97,11 +97,25 @@ class MPIReader(FolderReader):
         return cohort
 
     def _scan_class_folders(self, root: Path) -> tuple[pd.Series, dict[str, list[Path]], list[str]]:
-        labels_raw, files, missing_view = self._scan_patients(root)
-        ids = normalise_ids([pid for pid, _ in labels_raw], f"{root} (patient folders)")
-        labels = pd.Series([label for _, label in labels_raw], index=ids, name="label", dtype=object)
-        image_files = {norm: files[raw] for norm, (raw, _) in zip(ids, labels_raw) if raw in files}
-        return labels, image_files, normalise_ids(missing_view, f"{root} (patients missing a view)")
+        """``<root>/<class>/<patient>/``: the label is the class folder (matched case-insensitively)."""
+        by_folder = {c.casefold(): c for c in self.options.classes}
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"{root}: no class folders; expected {self.options.classes}")
+        patient_dirs: list[Path] = []
+        classes: list[str] = []
+        for folder in folders:
+            label = by_folder.get(folder.name.casefold())
+            if label is None:
+                raise DataError(f"{folder}: " + suggest(folder.name, list(self.options.classes), "class folder"))
+            for patient_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+                patient_dirs.append(patient_dir)
+                classes.append(label)
+        if not patient_dirs:
+            raise DataError(f"{root}: the class folders hold no patient folders")
+        ids = normalise_ids([p.name for p in patient_dirs], f"{root} (patient folders)")
+        image_files, missing_view = self._views_of(dict(zip(ids, patient_dirs)))
+        return pd.Series(classes, index=ids, name="label", dtype=object), image_files, missing_view
 
     def _scan_flat(self, root: Path) -> tuple[pd.Series, dict[str, list[Path]], list[str]]:
         """Patient folders under ``root``; labels from ``labels_file`` (matched case-insensitively)."""
@@ -121,41 +135,23 @@ class MPIReader(FolderReader):
                 raise DataError(f"{path}: patient {pid}: " + suggest(str(raw), list(self.options.classes), "label"))
             labels[pid] = label
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"{root}: no patient folders")
         folder_ids = normalise_ids([p.name for p in folders], f"{root} (patient folders)")
-        image_files, missing_view = {}, []
-        for pid, folder in zip(folder_ids, folders):
+        image_files, missing_view = self._views_of(dict(zip(folder_ids, folders)))
+        return pd.Series(labels, name="label", dtype=object), image_files, missing_view
+
+    def _views_of(self, folders: dict[str, Path]) -> tuple[dict[str, list[Path]], list[str]]:
+        """Each patient's view files in view order, and the patients missing a view."""
+        image_files: dict[str, list[Path]] = {}
+        missing_view: list[str] = []
+        for pid, folder in folders.items():
             views = self._match_views(folder)
             if views is None:
                 missing_view.append(pid)
             else:
                 image_files[pid] = views
-        if not folders:
-            raise DataError(f"{root}: no patient folders")
-        return pd.Series(labels, name="label", dtype=object), image_files, missing_view
-
-    def _scan_patients(self, root: Path) -> tuple[list[tuple[str, str]], dict[str, list[Path]], list[str]]:
-        by_folder = {c.casefold(): c for c in self.options.classes}
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
-            raise DataError(f"{root}: no class folders; expected {self.options.classes}")
-        labels: list[tuple[str, str]] = []
-        files: dict[str, list[Path]] = {}
-        missing_view: list[str] = []
-        for folder in folders:
-            label = by_folder.get(folder.name.casefold())
-            if label is None:
-                raise DataError(f"{folder}: " + suggest(folder.name, list(self.options.classes), "class folder"))
-            for patient_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-                patient = patient_dir.name
-                labels.append((patient, label))
-                views = self._match_views(patient_dir)
-                if views is None:
-                    missing_view.append(patient)
-                else:
-                    files[patient] = views
-        if not labels:
-            raise DataError(f"{root}: the class folders hold no patient folders")
-        return labels, files, missing_view
+        return image_files, missing_view
 
     def _match_views(self, patient_dir: Path) -> list[Path] | None:
         images = [p for p in sorted(patient_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
