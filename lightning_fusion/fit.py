@@ -63,12 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
+    from lightning_fusion.encoders.image import PretrainedWeightsError
     from lightning_fusion.training import fit  # heavy imports only when training
 
     try:
         result = fit(config)
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except PretrainedWeightsError as err:  # raised while building the model, before any run exists
+        print(f"weights error: {err}", file=sys.stderr)
         return 2
     if result.run_id:  # rank 0 only: the other DDP processes have no run to report
         _print_summary(result)

@@ -186,6 +186,18 @@ def test_cli_print_config_and_errors(capsys, tmp_path):
     assert "data error: MPI data folder not found" in capsys.readouterr().err
 
 
+def test_cli_offline_pretrained_weights_is_a_clear_error_and_no_run(small_cohort, mlflow_store, capsys, monkeypatch):
+    monkeypatch.setattr("lightning_fusion.encoders.image._in_hub_cache", lambda backbone: False)
+    args = ["--data.reader.name", "mpi", "--data.root", str(small_cohort), "--data.image_size", "32"]
+    args += ["--model.encoders.image.backbone", "resnet18", "--model.encoders.image.pretrained", "true"]
+    assert fit_cli.main(args) == 2  # conftest sets HF_HUB_OFFLINE=1
+    assert "weights error: pretrained weights for 'resnet18' are not in the local Hugging Face cache" in (
+        capsys.readouterr().err
+    )
+    client = MlflowClient(mlflow_store["uri"])
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
 def test_cli_trains_and_prints_a_summary(small_cohort, mlflow_store, capsys):
     argv = [
         f"--{k}={v}" if not isinstance(v, dict) else f"--{k}={json.dumps(v)}"
