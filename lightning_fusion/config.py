@@ -160,8 +160,13 @@ class ModelConfig:
     )
     fusion: dict[str, Any] = field(default_factory=lambda: {"name": "concat"})
     head: HeadConfig = field(default_factory=HeadConfig)
+    # ModDrop-style training: each modality of a sample dropped with this probability (at least one kept);
+    # only for fusions that support missing modalities
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if not self.modalities:
             raise ValueError("modalities must name at least one modality")
         if len(set(self.modalities)) != len(self.modalities):

@@ -22,20 +22,61 @@ class ModalitySpec:
 
 
 class MultimodalClassifier(nn.Module):
-    """``{modality: tensor}`` batch → ``(B, num_classes)`` logits via per-modality encoders and a fusion."""
+    """``{modality: tensor}`` batch → ``(B, num_classes)`` logits via per-modality encoders and a fusion.
 
-    def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module) -> None:
+    The batch may carry ``present: {modality: (B,) bool}``, passed on to the fusion. With
+    ``modality_dropout`` p > 0, in training mode only, each modality of each sample is additionally
+    marked absent with probability p, never all of a sample's present modalities: one of them, chosen
+    at random, is kept (ModDrop, Neverova et al., 2016: a model trained this way learns to predict
+    from any subset). Only for fusions that support missing modalities (checked by :func:`build_model`).
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module, modality_dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0 <= modality_dropout < 1:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.encoders = nn.ModuleDict(dict(encoders))
         self.fusion = fusion
+        self.modality_dropout = modality_dropout
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         features = {modality: encoder(batch[modality]) for modality, encoder in self.encoders.items()}
-        return self.fusion(features, batch.get("present"))
+        present = batch.get("present")
+        if self.training and self.modality_dropout > 0:
+            present = self.drop_modalities(present, next(iter(features.values())))
+        return self.fusion(features, present)
+
+    def drop_modalities(
+        self, present: Mapping[str, torch.Tensor] | None, like: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``present`` with each present modality of each sample dropped with probability ``modality_dropout``.
+
+        A sample keeps at least one of its present modalities (one at random if all were drawn to go);
+        a sample given with none present stays so (the fusion reports it).
+        """
+        modalities = list(self.encoders)
+        batch_size, device = like.shape[0], like.device
+        given = torch.ones(batch_size, len(modalities), dtype=torch.bool, device=device)
+        for i, modality in enumerate(modalities):
+            if present is not None and modality in present:
+                given[:, i] = torch.as_tensor(present[modality], device=device) != 0
+        kept = given & (torch.rand(batch_size, len(modalities), device=device) >= self.modality_dropout)
+        emptied = ~kept.any(dim=1) & given.any(dim=1)
+        if bool(emptied.any()):
+            rescue = torch.rand(batch_size, len(modalities), device=device).masked_fill(~given, -1.0).argmax(dim=1)
+            kept[emptied, rescue[emptied]] = True
+        return {modality: kept[:, i] for i, modality in enumerate(modalities)}
 
 
 def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_classes: int) -> MultimodalClassifier:
     """Build the classifier for ``model.modalities`` from their specs; errors name the modality."""
+    fusion_name = model.fusion["name"]
+    if model.modality_dropout > 0 and not FUSIONS.metadata(fusion_name).get("supports_missing", False):
+        raise ValueError(
+            f"model.modality_dropout {model.modality_dropout}: fusion {fusion_name!r} cannot handle missing "
+            "modalities, so modalities cannot be dropped in training; use a fusion that supports them "
+            f"({', '.join(FUSIONS.names(supports_missing=True))}) or set model.modality_dropout 0"
+        )
     encoders = {}
     for modality in model.modalities:
         if modality not in specs:
@@ -50,7 +91,6 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
             )
         options = component_options(component, ENCODERS)
         encoders[modality] = ENCODERS.create(component["name"], specs[modality].shape, options)
-    fusion_name = model.fusion["name"]
     head = model.head if isinstance(model.head, HeadConfig) else HeadConfig(**model.head)
     fusion = FUSIONS.create(
         fusion_name,
@@ -59,4 +99,4 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
         head,
         component_options(model.fusion, FUSIONS),
     )
-    return MultimodalClassifier(encoders, fusion)
+    return MultimodalClassifier(encoders, fusion, model.modality_dropout)

@@ -1,7 +1,12 @@
 """Intermediate fusion by concatenation: per-modality features → concatenated → MLP head.
 
-With a single modality this is the unimodal baseline (encoder → head): the image-only CNN or the
-tabular-only ANN of the reference studies, trained and evaluated exactly like the fusion model.
+Level: intermediate. Accepts any non-empty set of modalities (``min_modalities`` 1). With a single
+modality this is the unimodal baseline (encoder → head): the image-only CNN or the tabular-only ANN
+of the reference studies, trained and evaluated exactly like the fusion model. It is the classic
+feature-level fusion (concatenate the learned representations, classify jointly).
+
+It cannot represent an absent modality (a concatenation has no slot to leave out), so a presence
+mask with any modality absent in any sample is a clear error pointing to the fusions that can.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from torch import nn
 
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.head import build_head
+from lightning_fusion.fusion.masking import presence_mask
 
 
 @FUSIONS.register("concat", level="intermediate", min_modalities=1, supports_missing=False, config=None)
@@ -26,10 +32,15 @@ class ConcatFusion(nn.Module):
 
     def forward(self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None):
         if present is not None:
-            for modality in self.modalities:
-                if not bool(present[modality].all()):
+            batch_size = features[self.modalities[0]].shape[0]
+            device = features[self.modalities[0]].device
+            mask = presence_mask(present, self.modalities, batch_size, device, "concat")
+            for i, modality in enumerate(self.modalities):
+                if not bool(mask[:, i].all()):
                     raise ValueError(
-                        f"concat fusion cannot handle a missing {modality!r} modality; "
-                        "drop those patients or use a fusion that supports missing modalities"
+                        f"concat fusion cannot handle a missing {modality!r} modality "
+                        f"({int((~mask[:, i]).sum())} of {batch_size} samples in this batch lack it); "
+                        "drop those patients or use a fusion that supports missing modalities: "
+                        f"{', '.join(FUSIONS.names(supports_missing=True))}"
                     )
         return self.head(torch.cat([features[m] for m in self.modalities], dim=1))

@@ -1,0 +1,371 @@
+"""Fusion strategies with presence masks: shapes, gradients, masking (not zero-filling), weights, modality dropout."""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_models import SPECS, SUBSETS
+from torch import nn
+
+from lightning_fusion.config import ConfigError, HeadConfig, load_config
+from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.late import LateWeightedFusionConfig
+from lightning_fusion.models import MultimodalClassifier, build_model
+
+BATCH = 4
+MISSING_FUSIONS = FUSIONS.names(supports_missing=True)
+
+
+def _config(modalities, fusion, **overrides):
+    data = {
+        "model.modalities": modalities,
+        "model.fusion": fusion if isinstance(fusion, dict) else {"name": fusion},
+        "model.encoders.image.backbone": "test_resnet",
+        "model.encoders.signal": {"name": "resnet1d", "widths": [8, 16]},
+    }
+    data.update(overrides)
+    return load_config(None, data).model
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {m: torch.rand(BATCH, *s.shape, generator=generator) for m, s in SPECS.items()}
+
+
+def _present(modalities) -> dict[str, torch.Tensor]:
+    """Sample 1 lacks the first modality; with 3 modalities sample 2 also lacks the second."""
+    present = {m: torch.ones(BATCH, dtype=torch.bool) for m in modalities}
+    present[modalities[0]][1] = False
+    if len(modalities) >= 3:
+        present[modalities[1]][2] = False
+    return present
+
+
+def _features(dims, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(BATCH, d, generator=generator) for m, d in dims.items()}
+
+
+def _fusion(name, dims, num_classes=3, **options):
+    config_cls = FUSIONS.metadata(name)["config"]
+    return FUSIONS.create(name, dims, num_classes, HeadConfig(), config_cls(**options) if config_cls else None)
+
+
+DIMS = {"image": 6, "signal": 5, "tabular": 4}
+MIXED = {  # sample 0: all; 1: no image; 2: tabular only; 3: no tabular
+    "image": torch.tensor([True, False, False, True]),
+    "signal": torch.tensor([True, True, False, True]),
+    "tabular": torch.tensor([True, True, True, False]),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Every fusion × modality subset × with/without a missing modality
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("missing", [False, True], ids=["all-present", "some-missing"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("modalities", SUBSETS, ids=lambda m: "+".join(m))
+def test_fusion_with_presence_mask(fusion, modalities, missing):
+    meta = FUSIONS.metadata(fusion)
+    if len(modalities) < meta["min_modalities"]:
+        pytest.skip(f"{fusion} needs more modalities")
+    if missing and (len(modalities) < 2 or not meta["supports_missing"]):
+        pytest.skip("one modality cannot be missing / fusion without missing-modality support (tested below)")
+    torch.manual_seed(0)
+    model = build_model(_config(modalities, fusion), SPECS, num_classes=3)
+    batch = _batch()
+    batch["present"] = _present(modalities) if missing else {m: torch.ones(BATCH, dtype=torch.bool) for m in modalities}
+
+    model.train()
+    out = model(batch)
+    assert out.shape == (BATCH, 3)
+    assert torch.isfinite(out).all()
+    out.logsumexp(dim=1).sum().backward()
+    for modality in modalities:
+        grads = [p.grad for p in model.encoders[modality].parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), modality
+        assert any(g.abs().sum() > 0 for g in grads), f"no gradient reaches the {modality} encoder"
+
+    if not missing:
+        return
+    # The absent modality's input is ignored for that sample (masked), while a present one matters.
+    model.eval()
+    absent = modalities[0]
+    changed_absent = dict(batch, **{absent: batch[absent].clone()})
+    changed_absent[absent][:2] = torch.rand_like(batch[absent][:2]) * 5 - 2  # sample 0 has it, sample 1 not
+    changed_present = dict(batch, **{modalities[1]: batch[modalities[1]].clone()})
+    changed_present[modalities[1]][1] = torch.rand_like(batch[modalities[1]][1]) * 5 - 2
+    with torch.no_grad():
+        reference, with_absent_changed, with_present_changed = (
+            model(b) for b in (batch, changed_absent, changed_present)
+        )
+    torch.testing.assert_close(with_absent_changed[1], reference[1], rtol=0, atol=1e-6)
+    assert not torch.allclose(with_present_changed[1], reference[1], atol=1e-4), "the test input change is inert"
+    assert not torch.allclose(with_absent_changed[0], reference[0], atol=1e-4), "sample 0 has it: it matters there"
+
+
+@pytest.mark.parametrize("fusion", MISSING_FUSIONS)
+def test_a_sample_with_every_modality_absent_is_a_clear_error(fusion):
+    present = {m: torch.ones(BATCH, dtype=torch.bool) for m in DIMS}
+    for mask in present.values():
+        mask[2] = False
+    with pytest.raises(ValueError, match=rf"{fusion} fusion: sample\(s\) 2 of the batch have none of the modalities"):
+        _fusion(fusion, DIMS)(_features(DIMS), present)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_presence_mask_of_the_wrong_shape_is_a_clear_error(fusion):
+    with pytest.raises(ValueError, match=r"present\['image'\] must have shape \(4,\)"):
+        _fusion(fusion, DIMS)(_features(DIMS), {"image": torch.ones(BATCH + 1, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_a_mask_without_some_modality_counts_it_present_and_ignores_extra_names(fusion):
+    fusion_module = _fusion(fusion, DIMS).eval()
+    features = _features(DIMS)
+    with torch.no_grad():
+        reference = fusion_module(features, None)
+        partial = fusion_module(features, {"image": torch.ones(BATCH), "ct": torch.zeros(BATCH)})  # 0/1 float too
+    torch.testing.assert_close(partial, reference)
+
+
+def test_concat_with_a_missing_modality_is_a_clear_error():
+    model = build_model(_config(["image", "tabular"], "concat"), SPECS, num_classes=3)
+    batch = _batch()
+    batch["present"] = {"image": torch.ones(BATCH, dtype=torch.bool), "tabular": torch.tensor([1, 1, 0, 1]).bool()}
+    with pytest.raises(
+        ValueError,
+        match=r"concat fusion cannot handle a missing 'tabular' modality \(1 of 4 samples in this batch lack it\); "
+        r"drop those patients or use a fusion that supports missing modalities: attention, gated, late_weighted",
+    ):
+        model(batch)
+    batch["present"]["tabular"][:] = True
+    assert model(batch).shape == (BATCH, 3)  # an all-present mask is fine
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspectable gates, attention and weights
+# --------------------------------------------------------------------------------------------------
+def test_gated_gates_sum_to_one_over_present_modalities():
+    fusion = _fusion("gated", DIMS, d=8)
+    fusion(_features(DIMS), MIXED)
+    gates = fusion.last_gates
+    assert gates.shape == (BATCH, 3) and not gates.requires_grad
+    mask = torch.stack([MIXED[m] for m in fusion.modalities], dim=1)
+    torch.testing.assert_close(gates.sum(dim=1), torch.ones(BATCH))
+    assert (gates[~mask] == 0).all() and (gates[mask] > 0).all()
+    assert gates[2].tolist() == [0.0, 0.0, 1.0]  # tabular only
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_attention_weights_sum_to_one_over_present_modalities(layers):
+    fusion = _fusion("attention", DIMS, d=8, heads=2, layers=layers).eval()
+    with torch.no_grad():
+        fusion(_features(DIMS), MIXED)
+    attention = fusion.last_attention
+    assert attention.shape == (BATCH, 2, 3, 3)  # (B, heads, query M, key M)
+    key_mask = torch.stack([MIXED[m] for m in fusion.modalities], dim=1)[:, None, None, :].expand_as(attention)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(BATCH, 2, 3))
+    assert (attention[~key_mask] == 0).all()
+
+
+def _hand_mixture(fusion, features, weights, present=None):
+    """Σ_m w_m softmax(head_m(f_m)) / Σ_m w_m over each sample's present modalities."""
+    rows = []
+    for i in range(BATCH):
+        used = [m for m in fusion.modalities if present is None or bool(present[m][i])]
+        total = sum(weights[m] for m in used)
+        rows.append(sum(weights[m] / total * fusion.heads[m](features[m][i : i + 1]).softmax(dim=1)[0] for m in used))
+    return torch.stack(rows)
+
+
+def test_late_weighted_fixed_weights_equal_the_hand_computed_mixture():
+    weights = {"image": 2.0, "signal": 1.0, "tabular": 1.0}  # normalised by the fusion
+    fusion = _fusion("late_weighted", DIMS, weights="fixed", fixed_weights=weights).eval()
+    features = _features(DIMS)
+    target = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        for present in (None, MIXED):
+            out = fusion(features, present)
+            expected = _hand_mixture(fusion, features, weights, present)
+            torch.testing.assert_close(out.exp(), expected)
+            # log-probabilities: the LightningModule's cross-entropy is the mixture's NLL, its softmax the mixture
+            torch.testing.assert_close(out.logsumexp(dim=1), torch.zeros(BATCH), atol=1e-6, rtol=0)
+            torch.testing.assert_close(F.cross_entropy(out, target), -expected[range(BATCH), target].log().mean())
+            torch.testing.assert_close(out.softmax(dim=1), expected)
+    assert fusion.modality_weights() == pytest.approx({"image": 0.5, "signal": 0.25, "tabular": 0.25})
+    torch.testing.assert_close(fusion.last_weights[1], torch.tensor([0.0, 0.5, 0.5]))  # MIXED: no image
+
+
+def test_late_weighted_learned_weights_train_and_are_loggable():
+    fusion = _fusion("late_weighted", DIMS)
+    assert fusion.modality_weights() == pytest.approx({m: 1 / 3 for m in DIMS})
+    out = fusion(_features(DIMS), MIXED)
+    F.cross_entropy(out, torch.tensor([0, 1, 2, 1])).backward()
+    assert fusion.weight_logits.grad is not None and fusion.weight_logits.grad.abs().sum() > 0
+    with torch.no_grad():
+        fusion.weight_logits.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    weights = fusion.modality_weights()
+    assert all(isinstance(w, float) for w in weights.values()) and sum(weights.values()) == pytest.approx(1)
+    assert list(weights.values()) == pytest.approx(torch.tensor([0.0, 1.0, 2.0]).softmax(0).tolist())
+    with torch.no_grad():
+        fusion.eval()
+        out = fusion(_features(DIMS), MIXED)
+    torch.testing.assert_close(out.exp(), _hand_mixture(fusion, _features(DIMS), weights, MIXED))
+
+
+def test_late_weighted_weight_zero_modality_alone_is_a_clear_error():
+    fusion = _fusion("late_weighted", DIMS, weights="fixed", fixed_weights={"image": 1, "signal": 1, "tabular": 0})
+    with pytest.raises(ValueError, match=r"sample\(s\) \[2\] have only modalities with fixed weight 0 present"):
+        fusion(_features(DIMS), MIXED)  # sample 2: tabular only
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"weights": "fixed"}, r"weights: fixed needs fixed_weights"),
+        ({"weights": "fixed", "fixed_weights": {"image": -1, "tabular": 2}}, r"finite and >= 0"),
+        ({"weights": "fixed", "fixed_weights": {"image": 0, "tabular": 0}}, r"must not all be 0"),
+        ({"fixed_weights": {"image": 1, "tabular": 1}}, r"only used with weights: fixed"),
+        ({"weights": "fix"}, r"unknown late-fusion weights mode 'fix'; did you mean 'fixed'"),
+    ],
+)
+def test_late_weighted_options_are_checked_by_config(options, message):
+    with pytest.raises(ConfigError, match=rf"model\.fusion: .*{message}"):
+        _config(["image", "tabular"], {"name": "late_weighted", **options})
+
+
+def test_late_weighted_fixed_weights_must_cover_the_modalities():
+    config = _config(
+        ["image", "tabular"], {"name": "late_weighted", "weights": "fixed", "fixed_weights": {"image": 1.0}}
+    )
+    with pytest.raises(ValueError, match=r"every modality of the model; missing \['tabular'\]"):
+        build_model(config, SPECS, num_classes=3)
+    with pytest.raises(ValueError, match=r"unknown modality 'tabluar'; did you mean 'tabular'"):
+        FUSIONS.create(
+            "late_weighted",
+            {"image": 4, "tabular": 4},
+            3,
+            HeadConfig(),
+            LateWeightedFusionConfig("fixed", {"image": 1.0, "tabluar": 1.0}),
+        )
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_bf16_autocast_gives_finite_float_scores(fusion):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _fusion(fusion, DIMS)(_features(DIMS), None if fusion == "concat" else MIXED)
+    assert out.shape == (BATCH, 3) and torch.isfinite(out.float()).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Modality dropout
+# --------------------------------------------------------------------------------------------------
+class _RecordPresence(nn.Module):
+    def forward(self, features, present):
+        self.present = present
+        return torch.zeros(next(iter(features.values())).shape[0], 2)
+
+
+def _dropout_model(p):
+    encoders = {m: nn.Linear(2, 2) for m in ("a", "b", "c")}
+    return MultimodalClassifier(encoders, _RecordPresence(), modality_dropout=p)
+
+
+def test_modality_dropout_never_drops_every_modality_and_is_off_in_eval():
+    torch.manual_seed(0)
+    model = _dropout_model(0.5).train()
+    n = 4000
+    batch = {m: torch.randn(n, 2) for m in ("a", "b", "c")}
+    given = {"a": torch.ones(n, dtype=torch.bool), "b": torch.ones(n, dtype=torch.bool)}
+    given["a"][:100] = False  # absent in the data: stays absent
+    model(batch | {"present": given})
+    kept = torch.stack([model.fusion.present[m] for m in ("a", "b", "c")], dim=1)
+    assert kept.any(dim=1).all()
+    assert not kept[:100, 0].any()
+    # each modality dropped about p of the time, minus the rescued samples (p^M / M): 0.5 - 0.125 / 3
+    assert 0.42 < (~kept[100:]).float().mean() < 0.50
+
+    model(batch)  # no mask given: every modality starts present
+    assert torch.stack(list(model.fusion.present.values()), dim=1).any(dim=1).all()
+
+    model.eval()
+    model(batch)
+    assert model.fusion.present is None
+    model(batch | {"present": given})
+    assert model.fusion.present is given
+
+
+def test_modality_dropout_keeps_a_sample_given_with_nothing_present_as_it_is():
+    model = _dropout_model(0.9).train()
+    batch = {m: torch.randn(3, 2) for m in ("a", "b", "c")}
+    nothing = {m: torch.tensor([True, False, True]) for m in ("a", "b", "c")}
+    model(batch | {"present": nothing})
+    assert not any(bool(model.fusion.present[m][1]) for m in ("a", "b", "c"))
+
+
+def test_modality_dropout_with_a_real_fusion_trains():
+    model = build_model(_config(["image", "signal", "tabular"], "gated", **{"model.modality_dropout": 0.5}), SPECS, 3)
+    assert model.modality_dropout == 0.5
+    model.train()
+    out = model(_batch())
+    out.logsumexp(dim=1).sum().backward()
+    assert torch.isfinite(out).all()
+
+
+def test_modality_dropout_needs_a_fusion_that_supports_missing_modalities():
+    config = _config(["image", "tabular"], "concat", **{"model.modality_dropout": 0.3})
+    with pytest.raises(
+        ValueError,
+        match=r"fusion 'concat' cannot handle missing modalities.*use a fusion that supports them "
+        r"\(attention, gated, late_weighted\)",
+    ):
+        build_model(config, SPECS, num_classes=3)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_modality_dropout_must_be_a_probability_below_one(p):
+    with pytest.raises(ConfigError, match=r"modality_dropout must be in \[0, 1\)"):
+        _config(["image", "tabular"], "gated", **{"model.modality_dropout": p})
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry metadata and config checks
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_every_fusion_declares_its_metadata_and_documents_itself(fusion):
+    meta = FUSIONS.metadata(fusion)
+    assert meta["level"] in ("input", "intermediate", "decision")
+    assert meta["min_modalities"] >= 1 and isinstance(meta["supports_missing"], bool) and "config" in meta
+    doc = sys.modules[FUSIONS.get(fusion).__module__].__doc__
+    assert f"Level: {meta['level']}" in doc and "modalit" in doc
+
+
+@pytest.mark.parametrize("fusion", [n for n in FUSIONS.names() if FUSIONS.metadata(n)["min_modalities"] > 1])
+def test_min_modalities_is_enforced_by_config(fusion):
+    with pytest.raises(ConfigError, match=rf"model\.fusion: '{fusion}' needs at least 2 modalities, got \['tabular'\]"):
+        load_config(None, {"model.modalities": ["tabular"], "model.fusion": {"name": fusion}})
+
+
+@pytest.mark.parametrize(
+    ("fusion", "message"),
+    [
+        ({"name": "attention", "d": 10, "heads": 4}, r"d \(10\) must be divisible by heads \(4\)"),
+        ({"name": "attention", "layers": 0}, r"layers must be >= 1"),
+        ({"name": "gated", "d": 0}, r"d must be >= 1"),
+        ({"name": "gated", "width": 8}, r"model\.fusion\.width: unknown config key 'width'"),
+    ],
+)
+def test_fusion_options_are_checked_by_config(fusion, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(["image", "tabular"], fusion)
+
+
+def test_fusion_options_reach_the_modules():
+    attention = {"name": "attention", "d": 16, "heads": 2, "layers": 2}
+    model = build_model(_config(["image", "tabular"], attention), SPECS, 3)
+    assert len(model.fusion.blocks) == 2 and model.fusion.blocks[0].attention.num_heads == 2
+    assert model.fusion.modality_embedding.shape == (2, 16)
+    model = build_model(_config(["image", "tabular"], {"name": "gated", "d": 8}), SPECS, 3)
+    assert model.fusion.project["image"].out_features == 8
