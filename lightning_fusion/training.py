@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-from lightning_fusion.config import ExperimentConfig, TrainerConfig, flatten, to_dict, to_yaml
+from lightning_fusion.callbacks import BackboneWarmup
+from lightning_fusion.config import ExperimentConfig, ModelConfig, TrainerConfig, flatten, to_dict, to_yaml
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.metrics import confusion_matrix_figure, report_table
@@ -73,7 +74,21 @@ def auto_precision(trainer: TrainerConfig) -> str:
     return "32-true"
 
 
-def build_trainer(trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def warmup_epochs(model: ModelConfig | None) -> int:
+    """The longest backbone warm-up (``warmup_epochs``) among the model's encoders; 0 when none has one."""
+    if model is None:
+        return 0
+    return max((int(model.encoders[m].get("warmup_epochs", 0)) for m in model.modalities), default=0)
+
+
+def build_trainer(
+    trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Path, model: ModelConfig | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Lightning Trainer; with ``model``, a backbone warm-up adds :class:`BackboneWarmup`.
+
+    During a warm-up early stopping cannot end the run (``min_epochs`` = warm-up + 1; the callback
+    restarts the patience when it unfreezes).
+    """
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:02d}",
@@ -87,9 +102,13 @@ def build_trainer(trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Pat
         EarlyStopping(monitor="val/loss", mode="min", patience=trainer.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
     ]
+    warmup = warmup_epochs(model)
+    if warmup > 0:  # before LearningRateMonitor, which logs the new parameter group in the same epoch-start hook
+        callbacks.insert(0, BackboneWarmup())
     return (
         L.Trainer(
             max_epochs=trainer.max_epochs,
+            min_epochs=min(warmup + 1, trainer.max_epochs) if warmup > 0 else None,
             accelerator=trainer.accelerator,
             devices=trainer.devices,
             strategy=trainer.strategy,
@@ -131,7 +150,7 @@ def fit(config: ExperimentConfig) -> FitResult:
     try:
         logger.log_params(flatten(to_dict(config)))
         logger.log_text(to_yaml(config), "config.yaml")
-        trainer, checkpoint = build_trainer(config.trainer, logger, staging)
+        trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model)
         trainer.fit(module, datamodule=datamodule)
         best = checkpoint.best_model_path
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)

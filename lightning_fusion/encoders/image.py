@@ -4,11 +4,19 @@
 pooled feature vector, so every timm model is an encoder. Multi-view stacks (e.g. 3 SPECT views ×
 RGB = 9 channels) can first pass through a learned 1×1 convolution down to 3 channels, as the MPI
 fusion study did, so an ImageNet backbone keeps its 3-channel stem.
+
+Transfer learning (:mod:`lightning_fusion.transfer`): ``freeze`` freezes the whole backbone,
+``unfreeze_from: N`` trains only timm's layer groups ``>= N`` (see ``python -m lightning_fusion.layers
+<backbone>``), and ``warmup_epochs: E`` first trains the head alone for E epochs with the backbone
+frozen, then unfreezes from N at ``optim.lr × finetune_lr_factor`` (the callback in
+:mod:`lightning_fusion.callbacks`, added by ``training.fit``). Frozen groups keep their BatchNorm
+layers in eval mode while the model trains. The 1×1 ``reduce`` conv is new, so it always trains.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +26,13 @@ import torch
 from torch import nn
 
 from lightning_fusion.encoders import ENCODERS
+from lightning_fusion.transfer import (
+    apply_frozen_norm_modes,
+    count_layer_groups,
+    freeze_backbone,
+    freeze_before,
+    resolve_unfreeze_point,
+)
 
 # ImageNet statistics, tiled over channel groups of 3; other channel counts use a neutral 0.5/0.25.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,16 +52,46 @@ class TimmImageEncoderConfig:
     weights_path: str | None = None  # a local .safetensors/.pth file instead of the hub
     reduce_channels: int | None = 3  # 1×1 conv C → n in front of the backbone; null feeds all C channels
     drop_rate: float = 0.0
+    # Transfer learning; "groups" are timm's layer groups: python -m lightning_fusion.layers <backbone>
+    freeze: bool = False  # freeze the whole backbone (the reduce conv and the head still train)
+    unfreeze_from: int | float | None = None  # train groups >= N only: index, negative from the end, or fraction
+    warmup_epochs: int = 0  # first train the head alone (backbone frozen) for this many epochs, then unfreeze
+    finetune_lr_factor: float = 0.1  # after the warm-up the unfrozen backbone trains at optim.lr × this
+    fine_groups: bool = False  # unfreeze_from counts timm's fine groups (blocks), not coarse ones (stages)
 
     def __post_init__(self) -> None:
-        if not timm.is_model(self.backbone):
-            close = difflib.get_close_matches(self.backbone, timm.list_models(), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"unknown timm backbone {self.backbone!r}{hint} (see timm.list_models())")
+        check_backbone_name(self.backbone)
         if self.reduce_channels is not None and self.reduce_channels < 1:
             raise ValueError(f"reduce_channels must be >= 1 or null, got {self.reduce_channels}")
         if self.weights_path is not None and not Path(self.weights_path).is_file():
             raise ValueError(f"weights_path {self.weights_path!r} is not a file")
+        self._check_transfer_options()
+
+    def _check_transfer_options(self) -> None:
+        if self.freeze and self.unfreeze_from is not None:
+            raise ValueError(
+                f"freeze: true freezes the whole backbone but unfreeze_from is {self.unfreeze_from!r}; "
+                "set one of them (unfreeze_from alone freezes the groups before it)"
+            )
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.freeze and self.warmup_epochs > 0:
+            raise ValueError(
+                f"warmup_epochs {self.warmup_epochs} unfreezes the backbone after the warm-up, but freeze: true "
+                "keeps it frozen; drop freeze (and set unfreeze_from to unfreeze only the last groups)"
+            )
+        if not (math.isfinite(self.finetune_lr_factor) and self.finetune_lr_factor > 0):
+            raise ValueError(f"finetune_lr_factor must be > 0, got {self.finetune_lr_factor}")
+        if self.unfreeze_from is not None:
+            # Range-check against the real group count now (a meta-device build: no memory, no weights).
+            n_groups = count_layer_groups(self.backbone, self.fine_groups)
+            try:
+                resolve_unfreeze_point(self.unfreeze_from, n_groups or 1_000_000)
+            except (TypeError, ValueError) as err:
+                grouping = "fine" if self.fine_groups else "coarse"
+                count = f"{self.backbone} has {n_groups} {grouping} layer groups; " if n_groups else ""
+                command = f"python -m lightning_fusion.layers {self.backbone}{' --fine' if self.fine_groups else ''}"
+                raise ValueError(f"{err} ({count}list them with {command})") from None
 
 
 @ENCODERS.register("timm", input_kind="image", config=TimmImageEncoderConfig)
@@ -68,9 +113,33 @@ class TimmImageEncoder(nn.Module):
             backbone_channels = options.reduce_channels
         self.backbone = create_backbone(options, backbone_channels)
         self.out_features = int(self.backbone.num_features)
+        self.options = options
+        # The steady state; with warmup_epochs the Lightning callback freezes everything first.
+        if options.freeze:
+            freeze_backbone(self)
+        elif options.unfreeze_from is not None:
+            freeze_before(self, options.unfreeze_from, fine=options.fine_groups)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.reduce((images - self.mean) / self.std))
+
+    def train(self, mode: bool = True) -> TimmImageEncoder:
+        """Switch train/eval mode, but keep the BatchNorm layers of frozen layer groups in eval mode."""
+        super().train(mode)
+        apply_frozen_norm_modes(self)
+        return self
+
+
+def check_backbone_name(backbone: str) -> None:
+    """Raise ``ValueError`` with close matches when ``backbone`` is not a timm model name."""
+    if not timm.is_model(backbone):
+        names = timm.list_models()
+        # Names that extend the query, ignoring _ and - ('mobilenet_v1' → 'mobilenetv1_100'), then spelling.
+        key = backbone.lower().replace("_", "").replace("-", "")
+        extend = [n for n in names if key and n.replace("_", "").replace("-", "").startswith(key)]
+        close = list(dict.fromkeys(extend[:3] + difflib.get_close_matches(backbone, names, n=3, cutoff=0.6)))[:3]
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown timm backbone {backbone!r}{hint} (see timm.list_models())")
 
 
 def _normalisation(channels: int) -> tuple[list[float], list[float]]:
