@@ -47,7 +47,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import check_integers, write_atomically
 
 __all__ = ["CLASSES", "write_ecg"]
 
@@ -84,9 +84,7 @@ def write_ecg(root: str | Path, patients: int = 120, seed: int = 0) -> Path:
         ValueError: ``patients`` < 20 or a negative ``seed``.
         FileExistsError: ``root`` holds something else.
     """
-    for name, value, low in (("patients", patients, 20), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_integers(patients=(patients, 20), seed=(seed, 0))
     params = {"layout": "ecg", "patients": int(patients), "seed": int(seed), "version": _VERSION}
     return write_atomically(
         root, params, lambda out: _write(out, int(patients), int(seed)), what="synthetic ECG dataset"

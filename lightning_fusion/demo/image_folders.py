@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import check_integers, write_atomically
 
 CLASS_FOLDERS = ("Normal", "Sick")
 PATIENT_PATTERN = r"^(\w+)_slice\d+"
@@ -56,9 +56,7 @@ def write_image_folders(root: str | Path, patients: int = 80, seed: int = 0) -> 
         ValueError: fewer than 10 patients or a negative seed.
         FileExistsError: ``root`` holds something else.
     """
-    for name, value, low in (("patients", patients, 10), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_integers(patients=(patients, 10), seed=(seed, 0))
     params = {"layout": "image_folders", "patients": int(patients), "seed": int(seed), "version": _VERSION}
     return write_atomically(root, params, lambda out: _write(out, int(patients), int(seed)), what="image_folders set")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import check_integers, write_atomically
 
 IMAGE_SIZE = 28
 PNEUMONIA_FRACTION = 0.74
@@ -47,9 +47,7 @@ def write_medmnist(root: str | Path, patients: int = 200, seed: int = 0, with_te
         ValueError: fewer than 40 images or a negative seed.
         FileExistsError: ``root`` holds something else.
     """
-    for name, value, low in (("patients", patients, 40), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_integers(patients=(patients, 40), seed=(seed, 0))
     params = {
         "layout": "medmnist",
         "patients": int(patients),

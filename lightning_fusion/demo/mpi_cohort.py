@@ -48,7 +48,7 @@ import pandas as pd
 from PIL import Image
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import check_integers, write_atomically
 
 __all__ = ["CLASS_FOLDERS", "VIEW_NAMES", "generate_mpi_cohort"]
 
@@ -108,9 +108,7 @@ def generate_mpi_cohort(
 
 def _validate(n_patients: int, seed: int, image_size: int, class_fractions: Sequence[float]) -> tuple[float, ...]:
     """Check the arguments of :func:`generate_mpi_cohort` and return the fractions as floats."""
-    for name, value, low in (("n_patients", n_patients, 10), ("seed", seed, 0), ("image_size", image_size, 16)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_integers(n_patients=(n_patients, 10), seed=(seed, 0), image_size=(image_size, 16))
     fractions = tuple(float(f) for f in class_fractions)
     if len(fractions) != len(CLASS_FOLDERS) or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(

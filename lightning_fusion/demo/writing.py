@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MANIFEST = "cohort.json"
 
 
@@ -76,3 +78,10 @@ def write_atomically(
             return root
         raise
     return root
+
+
+def check_integers(**minimum_of: tuple[Any, int]) -> None:
+    """``check_integers(patients=(patients, 10), seed=(seed, 0))``: each value an integer >= its minimum."""
+    for name, (value, low) in minimum_of.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
