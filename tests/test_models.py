@@ -38,11 +38,16 @@ def _model_config(modalities, fusion, **encoder_overrides):
     return load_config(None, overrides).model
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
-@pytest.mark.parametrize("modalities", SUBSETS, ids=lambda m: "+".join(m))
+@pytest.mark.parametrize(
+    ("fusion", "modalities"),
+    [
+        pytest.param(fusion, modalities, id=f"{fusion}-{'+'.join(modalities)}")
+        for fusion in FUSIONS.names()
+        for modalities in SUBSETS
+        if len(modalities) >= FUSIONS.metadata(fusion)["min_modalities"]
+    ],
+)
 def test_fusion_forward_backward(fusion, modalities):
-    if len(modalities) < FUSIONS.metadata(fusion)["min_modalities"]:
-        pytest.skip(f"{fusion} needs more modalities")
     model = build_model(_model_config(modalities, fusion), SPECS, num_classes=3)
     model.train()
     logits = model(_batch())
