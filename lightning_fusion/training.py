@@ -182,6 +182,11 @@ def _log_test_artifacts(
     logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, summary: dict[str, Any]
 ) -> None:
     classes = module.classes
+    fusion = module.model.fusion
+    if hasattr(fusion, "modality_weights"):  # late_weighted: the weights of the tested (best) checkpoint
+        weights = fusion.modality_weights()
+        logger.log_metrics({f"fusion/weight/{m}": w for m, w in weights.items()})
+        logger.log_dict(weights, "fusion_weights.json")
     logger.log_dict({k: v for k, v in summary.items() if k != "splits"}, "data_summary.json")
     logger.log_dict(summary["splits"], "splits.json")
     matrix = module.test_confusion_matrix

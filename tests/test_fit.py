@@ -168,6 +168,21 @@ def test_crash_after_testing_marks_the_run_failed(small_cohort, mlflow_store, mo
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_late_fusion_weights_of_the_tested_checkpoint_are_logged(small_cohort, mlflow_store, tmp_path):
+    overrides = {"model.fusion": {"name": "late_weighted"}, "trainer.max_epochs": 2}
+    result = fit(load_config(None, small_overrides(small_cohort, **overrides)))
+    client = MlflowClient(mlflow_store["uri"])
+    metrics = client.get_run(result.run_id).data.metrics
+    weights = {m: metrics[f"fusion/weight/{m}"] for m in ("image", "tabular")}
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-6)
+    logged_file = client.download_artifacts(result.run_id, "fusion_weights.json", str(tmp_path))
+    logged = json.loads(Path(logged_file).read_text())
+    assert logged == pytest.approx(weights)
+    checkpoint = client.download_artifacts(result.run_id, f"checkpoints/{result.best_checkpoint}", str(tmp_path))
+    module = FusionLitModule.load_from_checkpoint(checkpoint, weights_only=True)
+    assert module.model.fusion.modality_weights() == pytest.approx(weights)  # the best checkpoint's weights
+
+
 @pytest.mark.parametrize(("modalities", "kind"), [(["image"], "cnn"), (["tabular"], "ann")])
 def test_unimodal_models_are_one_override_away(small_cohort, mlflow_store, modalities, kind):
     result = fit(
