@@ -137,3 +137,27 @@ def test_bad_local_weights_file_is_a_clear_error(tmp_path):
         PretrainedWeightsError, match="could not load weights for 'test_resnet' from .*junk.safetensors"
     ):
         TimmImageEncoder((3, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", weights_path=str(path)))
+
+
+def test_spatial_attention_block_reweights_the_feature_map_and_trains():
+    options = TimmImageEncoderConfig(backbone="test_resnet", reduce_channels=3, spatial_attention=True)
+    encoder = TimmImageEncoder((9, 32, 32), options)
+    plain = TimmImageEncoder((9, 32, 32), TimmImageEncoderConfig(backbone="test_resnet", reduce_channels=3))
+    assert encoder.out_features == plain.out_features
+    features = encoder(torch.rand(4, 9, 32, 32))
+    assert features.shape == (4, encoder.out_features) and torch.isfinite(features).all()
+    features.sum().backward()
+    grad = encoder.attention.conv.conv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    with torch.no_grad():  # a zero attention map zeroes the pooled features: the block really sits on the path
+        encoder.attention.gate = torch.nn.Identity()
+        encoder.attention.conv = torch.nn.Conv2d(2, 1, 1).requires_grad_(False)
+        encoder.attention.conv.weight.zero_()
+        encoder.attention.conv.bias.zero_()
+        assert encoder.eval()(torch.rand(2, 9, 32, 32)).abs().max() == 0
+
+
+def test_spatial_attention_on_a_transformer_is_a_clear_error():
+    encoder = TimmImageEncoder((3, 32, 32), TimmImageEncoderConfig(backbone="test_vit", spatial_attention=True))
+    with pytest.raises(ValueError, match="spatial_attention needs a CNN feature map"):
+        encoder(torch.rand(1, 3, 32, 32))

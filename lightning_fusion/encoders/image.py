@@ -23,6 +23,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers.cbam import SpatialAttn
 from torch import nn
 
 from lightning_fusion.encoders import ENCODERS
@@ -58,6 +59,7 @@ class TimmImageEncoderConfig:
     warmup_epochs: int = 0  # first train the head alone (backbone frozen) for this many epochs, then unfreeze
     finetune_lr_factor: float = 0.1  # after the warm-up the unfrozen backbone trains at optim.lr × this
     fine_groups: bool = False  # unfreeze_from counts timm's fine groups (blocks), not coarse ones (stages)
+    spatial_attention: bool = False  # CBAM spatial attention on the last feature map, before pooling (CNNs only)
 
     def __post_init__(self) -> None:
         check_backbone_name(self.backbone)
@@ -114,6 +116,10 @@ class TimmImageEncoder(nn.Module):
         self.backbone = create_backbone(options, backbone_channels)
         self.out_features = int(self.backbone.num_features)
         self.options = options
+        # The cardiac-MRI study's spatial-attention block: timm's CBAM spatial attention (channel mean and
+        # max → 7×7 conv → sigmoid map) reweights the final feature map's positions. It is outside the
+        # backbone's layer groups, so like the reduce conv it always trains.
+        self.attention: nn.Module | None = SpatialAttn(kernel_size=7) if options.spatial_attention else None
         # The steady state; with warmup_epochs the Lightning callback freezes everything first.
         if options.freeze:
             freeze_backbone(self)
@@ -121,7 +127,16 @@ class TimmImageEncoder(nn.Module):
             freeze_before(self, options.unfreeze_from, fine=options.fine_groups)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.reduce((images - self.mean) / self.std))
+        inputs = self.reduce((images - self.mean) / self.std)
+        if self.attention is None:
+            return self.backbone(inputs)
+        feature_map = self.backbone.forward_features(inputs)
+        if feature_map.ndim != 4:
+            raise ValueError(
+                f"spatial_attention needs a CNN feature map (B, C, H, W); {self.options.backbone!r} gives "
+                f"shape {tuple(feature_map.shape)}; set spatial_attention: false for this backbone"
+            )
+        return self.backbone.forward_head(self.attention(feature_map))
 
     def train(self, mode: bool = True) -> TimmImageEncoder:
         """Switch train/eval mode, but keep the BatchNorm layers of frozen layer groups in eval mode."""
