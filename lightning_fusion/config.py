@@ -425,7 +425,9 @@ def resolve(data: Mapping[str, Any] | None = None) -> ExperimentConfig:
 
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping of sections, got {type(data).__name__}")
-    config = build_dataclass(ExperimentConfig, deep_merge(_plain(dataclasses.asdict(ExperimentConfig())), data or {}))
+    config = build_dataclass(
+        ExperimentConfig, deep_merge(_plain(dataclasses.asdict(ExperimentConfig())), _component_shorthand(data or {}))
+    )
     config.data.reader = resolve_component(READERS, config.data.reader, "data.reader")
     model = config.model
     model.encoders = {
@@ -440,6 +442,23 @@ def resolve(data: Mapping[str, Any] | None = None) -> ExperimentConfig:
             f"got {model.modalities}"
         )
     return config
+
+
+def _component_shorthand(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``fusion: early`` / ``reader: mpi`` / ``encoders: {image: timm}`` mean ``{name: ...}`` with default options."""
+    data = copy.deepcopy(dict(data))
+
+    def named(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            section[key] = {"name": section[key]}
+
+    named(data.get("data"), "reader")
+    model = data.get("model")
+    named(model, "fusion")
+    if isinstance(model, dict) and isinstance(model.get("encoders"), dict):
+        for modality in list(model["encoders"]):
+            named(model["encoders"], modality)
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:

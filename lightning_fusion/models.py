@@ -11,6 +11,7 @@ from torch import nn
 from lightning_fusion.config import HeadConfig, ModelConfig, component_options
 from lightning_fusion.encoders import ENCODERS
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.early import StackInputs, plan_groups
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,15 @@ class MultimodalClassifier(nn.Module):
     from any subset). Only for fusions that support missing modalities (checked by :func:`build_model`).
     """
 
-    def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module, modality_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        fusion: nn.Module,
+        modality_dropout: float = 0.0,
+        merge_inputs: nn.Module | None = None,
+    ) -> None:
         super().__init__()
+        self.merge_inputs = merge_inputs  # input-level (early) fusion: modalities merged before the encoders
         if not 0 <= modality_dropout < 1:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.encoders = nn.ModuleDict(dict(encoders))
@@ -40,6 +48,8 @@ class MultimodalClassifier(nn.Module):
         self.modality_dropout = modality_dropout
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.merge_inputs is not None:
+            batch = self.merge_inputs(batch)
         features = {modality: encoder(batch[modality]) for modality, encoder in self.encoders.items()}
         present = batch.get("present")
         if self.training and self.modality_dropout > 0:
@@ -77,20 +87,33 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
             "modalities, so modalities cannot be dropped in training; use a fusion that supports them "
             f"({', '.join(FUSIONS.names(supports_missing=True))}) or set model.modality_dropout 0"
         )
-    encoders = {}
     for modality in model.modalities:
         if modality not in specs:
             raise ValueError(f"the dataset has no modality {modality!r}; it has {sorted(specs)}")
+    merge_inputs = None
+    # Which encoder sees what: one per modality, or (input-level fusion) one per merged group, built
+    # with the encoder options of the group's first modality.
+    inputs = {m: (m, specs[m]) for m in model.modalities}
+    if FUSIONS.metadata(fusion_name).get("level") == "input":
+        kinds = {m: specs[m].kind for m in model.modalities}
+        groups = plan_groups(model.modalities, kinds)
+        merge_inputs = StackInputs(groups, kinds, {m: specs[m].shape for m in model.modalities})
+        inputs = {
+            name: (members[0], ModalitySpec(merge_inputs.kinds[name], merge_inputs.shapes[name]))
+            for name, members in groups.items()
+        }
+    encoders = {}
+    for name, (modality, spec) in inputs.items():
         component = model.encoders[modality]
         accepted = ENCODERS.metadata(component["name"])["input_kind"]
-        if accepted != specs[modality].kind:
+        if accepted != spec.kind:
             raise ValueError(
                 f"model.encoders.{modality}: encoder {component['name']!r} takes {accepted} inputs, "
-                f"but {modality!r} is a {specs[modality].kind} modality; choose one of "
-                f"{ENCODERS.names(input_kind=specs[modality].kind)}"
+                f"but {modality!r} is a {spec.kind} modality; choose one of "
+                f"{ENCODERS.names(input_kind=spec.kind)}"
             )
         options = component_options(component, ENCODERS)
-        encoders[modality] = ENCODERS.create(component["name"], specs[modality].shape, options)
+        encoders[name] = ENCODERS.create(component["name"], spec.shape, options)
     head = model.head if isinstance(model.head, HeadConfig) else HeadConfig(**model.head)
     fusion = FUSIONS.create(
         fusion_name,
@@ -99,4 +122,4 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
         head,
         component_options(model.fusion, FUSIONS),
     )
-    return MultimodalClassifier(encoders, fusion, model.modality_dropout)
+    return MultimodalClassifier(encoders, fusion, model.modality_dropout, merge_inputs)

@@ -102,3 +102,12 @@ def test_override_helpers():
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"a": 1}, {"a.b": 2})
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
+
+
+def test_components_may_be_given_by_name_alone():
+    config = load_config(
+        None, {"data.reader": "mpi", "model.fusion": "gated", "model.encoders.tabular": "mlp", "data.root": "x"}
+    )
+    assert config.data.reader["name"] == "mpi" and config.data.reader["views"]  # defaults filled
+    assert config.model.fusion["name"] == "gated" and config.model.fusion["d"] == 64
+    assert config.model.encoders["tabular"]["widths"] == [64, 32]

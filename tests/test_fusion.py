@@ -11,7 +11,7 @@ from torch import nn
 from lightning_fusion.config import ConfigError, HeadConfig, load_config
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.late import LateWeightedFusionConfig
-from lightning_fusion.models import MultimodalClassifier, build_model
+from lightning_fusion.models import ModalitySpec, MultimodalClassifier, build_model
 
 BATCH = 4
 MISSING_FUSIONS = FUSIONS.names(supports_missing=True)
@@ -264,7 +264,7 @@ def test_late_weighted_fixed_weights_must_cover_the_modalities():
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_bf16_autocast_gives_finite_float_scores(fusion):
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = _fusion(fusion, DIMS)(_features(DIMS), None if fusion == "concat" else MIXED)
+        out = _fusion(fusion, DIMS)(_features(DIMS), MIXED if FUSIONS.metadata(fusion)["supports_missing"] else None)
     assert out.shape == (BATCH, 3) and torch.isfinite(out.float()).all()
 
 
@@ -378,3 +378,52 @@ def test_fusion_options_reach_the_modules():
     assert model.fusion.modality_embedding.shape == (2, 16)
     model = build_model(_config(["image", "tabular"], {"name": "gated", "d": 8}), SPECS, 3)
     assert model.fusion.project["image"].out_features == 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Early (input-level) fusion
+# --------------------------------------------------------------------------------------------------
+def test_early_fusion_stacks_same_kind_inputs_into_one_encoder():
+    specs = {
+        "ct": ModalitySpec("image", (1, 32, 32)),
+        "cxr": ModalitySpec("image", (1, 16, 16)),  # resampled to 32×32 before stacking
+        "age": ModalitySpec("vector", (2,)),
+        "labs": ModalitySpec("vector", (5,)),
+    }
+    encoder = {"name": "timm", "backbone": "test_resnet", "reduce_channels": None}
+    config = load_config(
+        None,
+        {
+            "model.modalities": ["ct", "cxr", "age", "labs"],
+            "model.encoders": {"ct": encoder, "cxr": encoder, "age": {"name": "mlp"}, "labs": {"name": "mlp"}},
+            "model.fusion": {"name": "early"},
+        },
+    ).model
+    model = build_model(config, specs, num_classes=4)
+    assert set(model.encoders) == {"ct+cxr", "age+labs"}  # one backbone for both images, one MLP for the table
+    assert model.merge_inputs.shapes == {"ct+cxr": (2, 32, 32), "age+labs": (7,)}
+    batch = {
+        "ct": torch.rand(3, 1, 32, 32),
+        "cxr": torch.rand(3, 1, 16, 16),
+        "age": torch.rand(3, 2),
+        "labs": torch.rand(3, 5),
+    }
+    model.eval()
+    logits = model(batch)
+    assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+    changed = dict(batch, cxr=torch.rand(3, 1, 16, 16))
+    assert not torch.allclose(model(changed), logits)  # the resampled CXR really enters the stacked input
+    with pytest.raises(ValueError, match="early fusion cannot handle a missing 'cxr' modality"):
+        model(batch | {"present": {"cxr": torch.tensor([True, False, True])}})
+
+
+def test_early_fusion_merges_signals_of_different_lengths():
+    specs = {"ecg": ModalitySpec("signal", (12, 100)), "pcg": ModalitySpec("signal", (1, 50))}
+    signal = {"name": "resnet1d", "widths": [8, 16]}
+    config = load_config(
+        None,
+        {"model.modalities": ["ecg", "pcg"], "model.encoders": {"ecg": signal, "pcg": signal}, "model.fusion": "early"},
+    ).model
+    model = build_model(config, specs, num_classes=2)
+    assert list(model.encoders) == ["ecg+pcg"] and model.merge_inputs.shapes == {"ecg+pcg": (13, 100)}
+    assert model({"ecg": torch.randn(2, 12, 100), "pcg": torch.randn(2, 1, 50)}).shape == (2, 2)

@@ -17,6 +17,6 @@ from lightning_fusion.registry import Registry
 
 FUSIONS: Registry = Registry("fusion strategy")
 
-from lightning_fusion.fusion import attention, concat, gated, late  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.fusion import attention, concat, early, gated, late  # noqa: E402,F401  (register the built-ins)
 
 __all__ = ["FUSIONS"]

@@ -25,6 +25,8 @@ from lightning_fusion.fusion.masking import presence_mask
 class ConcatFusion(nn.Module):
     """``{m: (B, D_m)}`` → ``(B, num_classes)``; modalities concatenated in a fixed (sorted) order."""
 
+    fusion_name = "concat"
+
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int, head, options=None) -> None:
         super().__init__()
         self.modalities = sorted(feature_dims)
@@ -34,11 +36,11 @@ class ConcatFusion(nn.Module):
         if present is not None:
             batch_size = features[self.modalities[0]].shape[0]
             device = features[self.modalities[0]].device
-            mask = presence_mask(present, self.modalities, batch_size, device, "concat")
+            mask = presence_mask(present, self.modalities, batch_size, device, self.fusion_name)
             for i, modality in enumerate(self.modalities):
                 if not bool(mask[:, i].all()):
                     raise ValueError(
-                        f"concat fusion cannot handle a missing {modality!r} modality "
+                        f"{self.fusion_name} fusion cannot handle a missing {modality!r} modality "
                         f"({int((~mask[:, i]).sum())} of {batch_size} samples in this batch lack it); "
                         "drop those patients or use a fusion that supports missing modalities: "
                         f"{', '.join(FUSIONS.names(supports_missing=True))}"
