@@ -30,10 +30,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
     args, rest = parser.parse_known_args(argv)
-    return args, _parse_overrides(parser, rest)
+    return args, parse_overrides(parser, rest)
 
 
-def _parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[str, Any]:
+def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[str, Any]:
+    """``--a.b value`` / ``--a.b=value`` pairs → ``{"a.b": parsed value}`` (YAML scalars and lists)."""
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(rest):
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     if args.tracking_uri:
         overrides["tracking.tracking_uri"] = args.tracking_uri
-    _log_to_stderr()
+    log_to_stderr()
     try:
         config = load_config(args.config, overrides)
     except (ConfigError, KeyError) as err:
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("lightning_fusion")
     if not logger.handlers:

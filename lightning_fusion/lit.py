@@ -88,6 +88,10 @@ class FusionLitModule(L.LightningModule):
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target))
         self.log_dict(self.test_metrics, on_epoch=True, batch_size=len(target))
 
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities with the sample ``index`` and true ``label`` (for predictions on a labelled split)."""
+        return {"index": batch["index"], "probs": self(batch).float().softmax(dim=1), "label": batch["label"]}
+
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
 

@@ -105,3 +105,24 @@ def report_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str])
         classification_report(y_true, y_pred, digits=3, **kwargs),
         classification_report(y_true, y_pred, output_dict=True, **kwargs),
     )
+
+
+def metrics_from_probabilities(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], stage: str = "test"
+) -> dict[str, float]:
+    """The same named metrics a trained model logs, for given probabilities (decision-level procedures).
+
+    ``<stage>/loss`` is the mean negative log-likelihood of the true classes (the unweighted
+    cross-entropy of the probabilities).
+    """
+    import torch
+
+    probs_t = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    summary = summary_metrics(len(classes), prefix=f"{stage}/")
+    per_class = per_class_metrics(len(classes))
+    values = {k: float(v) for k, v in summary(probs_t, labels_t).items()}
+    values |= per_class_names(per_class(probs_t, labels_t), classes, stage)
+    true_probs = probs_t[torch.arange(len(labels_t)), labels_t].clamp_min(1e-12)
+    values[f"{stage}/loss"] = float(-true_probs.log().mean())
+    return values

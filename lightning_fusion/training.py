@@ -11,15 +11,18 @@ import contextlib
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from sklearn.metrics import confusion_matrix
 
 from lightning_fusion.callbacks import BackboneWarmup
 from lightning_fusion.config import ExperimentConfig, ModelConfig, TrainerConfig, flatten, to_dict, to_yaml
@@ -34,6 +37,22 @@ _KIND_OF_UNIMODAL = {"image": "cnn", "vector": "ann", "signal": "signal"}
 
 
 @dataclass
+class Predictions:
+    """Class probabilities of one split, one row per sample in dataset order (``index`` ascending)."""
+
+    patient_ids: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray], patient_ids: list[str]) -> Predictions:
+        order = np.argsort(outputs["index"])
+        if not np.array_equal(outputs["index"][order], np.arange(len(patient_ids))):
+            raise RuntimeError(f"predictions cover {len(order)} samples, the split has {len(patient_ids)}")
+        return cls(np.asarray(patient_ids), outputs["label"][order], outputs["probs"][order].astype(np.float64))
+
+
+@dataclass
 class FitResult:
     """What a finished run produced."""
 
@@ -44,6 +63,9 @@ class FitResult:
     best_checkpoint: str
     data_summary: dict[str, Any]
     tags: dict[str, str]
+    # with keep_predictions: the best checkpoint's probabilities on "val" and "test"
+    predictions: dict[str, Predictions] | None = None
+    seconds: float = 0.0
 
 
 def model_kind(kinds: list[str]) -> str:
@@ -128,23 +150,45 @@ def build_trainer(
     )
 
 
-def fit(config: ExperimentConfig) -> FitResult:
-    """Train, test on the best checkpoint, and record everything in one MLflow run."""
+def fit(
+    config: ExperimentConfig,
+    datamodule: MultimodalDataModule | None = None,
+    parent_run_id: str | None = None,
+    keep_predictions: bool = False,
+    run_name: str | None = None,
+) -> FitResult:
+    """Train, test on the best checkpoint, and record everything in one MLflow run.
+
+    Args:
+        datamodule: a data module already set up with (at least) the model's modalities, shared by
+            several models so that they see the same patients and split (``compare``); by default
+            one is built for the model's modalities.
+        parent_run_id: record the run as a child of this MLflow run (tag ``mlflow.parentRunId``).
+        keep_predictions: also return the best checkpoint's validation and test probabilities
+            (one process only).
+    """
+    started = time.perf_counter()
     L.seed_everything(config.seed, workers=True)
-    datamodule = MultimodalDataModule(config.data, config.model.modalities)
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # bad input stops here: no run exists yet
-    specs = datamodule.specs
+    if datamodule is None:
+        datamodule = MultimodalDataModule(config.data, config.model.modalities)
+        datamodule.prepare_data()
+        datamodule.setup("fit")  # bad input stops here: no run exists yet
+    missing = [m for m in config.model.modalities if m not in datamodule.modalities]
+    if missing:
+        raise ValueError(f"the data module has no modality {missing} (it has {datamodule.modalities})")
+    specs = {m: s for m, s in datamodule.specs.items() if m in config.model.modalities}
     module = FusionLitModule(
         to_dict(config),
         {m: {"kind": s.kind, "shape": list(s.shape)} for m, s in specs.items()},
         datamodule.classes,
         datamodule.class_weights,
     )
-    summary = datamodule.summary()
+    summary = datamodule.summary() | {"modalities": list(config.model.modalities)}
     tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
-    run_name = f"{config.name}-{tags['lf.model_kind']}"
-    logger = create_run_logger(config.tracking, run_name, tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    logger = create_run_logger(config.tracking, run_name or f"{config.name}-{tags['lf.model_kind']}", tags)
+    predictions: dict[str, Predictions] | None = None
     # Only rank 0 has an MLflow run; ModelCheckpoint broadcasts rank 0's folder to the other ranks.
     staging = Path(config.tracking.artifact_root).expanduser() / ".staging" / (logger.run_id or "not-rank-zero")
     try:
@@ -159,6 +203,8 @@ def fit(config: ExperimentConfig) -> FitResult:
             _log_test_artifacts(logger, module, datamodule, summary)
             if best and config.tracking.log_checkpoint:
                 logger.log_file(best, "checkpoints")
+        if keep_predictions:
+            predictions = _best_predictions(trainer, module, datamodule, best)
         logger.close("success")
     except BaseException:
         logger.close("failed")
@@ -175,7 +221,23 @@ def fit(config: ExperimentConfig) -> FitResult:
         best_checkpoint=Path(best).name if best else "",
         data_summary=summary,
         tags=tags,
+        predictions=predictions,
+        seconds=time.perf_counter() - started,
     )
+
+
+def _best_predictions(
+    trainer: L.Trainer, module: FusionLitModule, datamodule: MultimodalDataModule, best: str
+) -> dict[str, Predictions]:
+    """Validation and test probabilities of the tested (best) checkpoint."""
+    if trainer.world_size > 1:
+        raise RuntimeError("keep_predictions needs a single-process run (trainer.devices 1)")
+    outputs = trainer.predict(module, dataloaders=datamodule.val_dataloader(), ckpt_path=best or None)
+    val = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "probs", "label")}
+    return {
+        "val": Predictions.from_outputs(val, datamodule.datasets["val"].patient_ids),
+        "test": Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids),
+    }
 
 
 def _log_test_artifacts(
@@ -187,20 +249,33 @@ def _log_test_artifacts(
         weights = fusion.modality_weights()
         logger.log_metrics({f"fusion/weight/{m}": w for m, w in weights.items()})
         logger.log_dict(weights, "fusion_weights.json")
+    log_data_summary(logger, summary)
+    predictions = module.test_predictions
+    patient_ids = np.asarray(datamodule.datasets["test"].patient_ids)[predictions["index"]]
+    log_test_predictions(logger, classes, predictions["label"], predictions["probs"], patient_ids)
+
+
+def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:
+    """``data_summary.json`` (counts, exclusions, fitted preprocessing) and ``splits.json`` (patient ids)."""
     logger.log_dict({k: v for k, v in summary.items() if k != "splits"}, "data_summary.json")
     logger.log_dict(summary["splits"], "splits.json")
-    matrix = module.test_confusion_matrix
+
+
+def log_test_predictions(
+    logger: RunLogger, classes: list[str], y_true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray
+) -> None:
+    """Confusion matrix (JSON + PNG), per-class report and ``test_predictions.csv`` of a tested model."""
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     logger.log_dict(
         {"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json"
     )
-    logger.log_figure(confusion_matrix_figure(matrix, classes), "confusion_matrix.png")
-    predictions = module.test_predictions
-    y_true, probs = predictions["label"], predictions["probs"]
-    y_pred = probs.argmax(axis=1)
+    figure = confusion_matrix_figure(matrix, classes)
+    logger.log_figure(figure, "confusion_matrix.png")
+    plt.close(figure)
     text, table = report_table(y_true, y_pred, classes)
     logger.log_text(text, "classification_report.txt")
     logger.log_dict(table, "classification_report.json")
-    patient_ids = np.asarray(datamodule.datasets["test"].patient_ids)[predictions["index"]]
     frame = pd.DataFrame(
         {"patient_id": patient_ids, "true": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]}
     )
