@@ -13,6 +13,11 @@ did not train on.
   overlap, so the meta-learner never sees a prediction for a sample its base model trained on.
 * :func:`weighted_mean` with equal weights is ``ensemble_mean``: the average of several trained
   models' probabilities (e.g. the four backbones of the cardiac-MRI study).
+
+:data:`PROCEDURES` registers them by name (``late_weighted``, ``stacking``, ``ensemble_mean``) as
+functions of :class:`DecisionInputs` (the models' validation and test probabilities) returning the
+fused test probabilities and what was fitted; ``python -m lightning_fusion.compare`` applies them to
+the unimodal models it trained.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 from sklearn.base import ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
+
+from lightning_fusion.registry import Registry
 
 _EPS = 1e-12
 
@@ -151,3 +158,105 @@ class StackingMetaLearner:
 
     def _features(self, probs: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([np.log(np.clip(np.asarray(probs[n]), _EPS, 1.0)) for n in self.models], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The procedures by name (what ``compare --fusions`` accepts beside the trained fusions)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class DecisionInputs:
+    """Trained models' probabilities for a decision-level procedure, keyed by model name.
+
+    ``val`` and ``test`` hold ``(N, K)`` probabilities of the same models; ``val_labels`` and
+    ``val_groups`` (patient ids) describe the validation rows; ``train_groups`` are the patients
+    the models trained on, which no fitted procedure may see a prediction for.
+    """
+
+    val: Mapping[str, np.ndarray]
+    val_labels: np.ndarray
+    val_groups: Sequence[str]
+    train_groups: Sequence[str]
+    test: Mapping[str, np.ndarray]
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if sorted(self.val) != sorted(self.test):
+            raise ValueError(
+                f"validation predictions of {sorted(self.val)} but test predictions of {sorted(self.test)}"
+            )
+        _check_probabilities(self.val, np.asarray(self.val_labels))
+        _check_probabilities(self.test)
+        if len(self.val_groups) != len(self.val_labels):
+            raise ValueError(f"{len(self.val_groups)} validation patient ids for {len(self.val_labels)} labels")
+
+
+PROCEDURES: Registry = Registry("decision-level procedure")
+
+
+def held_out_predictions(
+    probs: np.ndarray, predicted_groups: Sequence[str], trained_groups: Sequence[str]
+) -> OutOfFold:
+    """Predictions of a model for patients it never trained on, as one out-of-fold block.
+
+    A model's validation predictions are out-of-fold by construction: the validation split is the
+    fold held out from its training. Any patient in both sets is an error, so a meta-learner fitted
+    on the result never sees an in-fold prediction.
+    """
+    overlap = sorted(set(predicted_groups) & set(trained_groups))
+    if overlap:
+        raise AssertionError(
+            f"{len(overlap)} patient(s) predicted by a model that trained on them, e.g. {overlap[:5]}: not out-of-fold"
+        )
+    probs = np.asarray(probs, dtype=np.float64)
+    return OutOfFold(probs=probs, folds=np.zeros(len(probs), dtype=int))
+
+
+@PROCEDURES.register(
+    "late_weighted",
+    level="decision",
+    fitted_on="validation predictions (weights on the simplex, minimum log loss)",
+    study="MPI SPECT fusion study (weighted late fusion of the CNN and the clinical model)",
+)
+def tuned_late_fusion(inputs: DecisionInputs) -> tuple[np.ndarray, dict]:
+    """Weighted average of the models' probabilities, weights tuned on validation only."""
+    weights = tune_fusion_weights(inputs.val, np.asarray(inputs.val_labels))
+    return weighted_mean(inputs.test, weights), {"weights": weights, "fitted_on": "val"}
+
+
+@PROCEDURES.register(
+    "stacking",
+    level="decision",
+    fitted_on="out-of-fold predictions (the validation fold, held out from every base model)",
+    study="stacked generalisation (Wolpert, 1992); logistic-regression meta-learner",
+)
+def stacking(inputs: DecisionInputs) -> tuple[np.ndarray, dict]:
+    """Logistic regression on the models' log-probabilities, fitted on held-out (validation) predictions."""
+    labels = np.asarray(inputs.val_labels)
+    absent = sorted(set(range(inputs.num_classes)) - set(labels.tolist()))
+    if absent:
+        raise ValueError(
+            f"stacking: no validation patient of class index {absent}; the meta-learner cannot learn a class "
+            "it never sees (use a larger validation split)"
+        )
+    oof = {name: held_out_predictions(p, inputs.val_groups, inputs.train_groups) for name, p in inputs.val.items()}
+    meta = StackingMetaLearner().fit(oof, labels)
+    details = {
+        "meta_learner": repr(meta.estimator),
+        "models": meta.models,
+        "fitted_on": "val",
+        "fitted_on_patients": len(labels),
+        "coefficients": np.asarray(meta.estimator.coef_).round(4).tolist(),
+    }
+    return meta.predict_proba(inputs.test), details
+
+
+@PROCEDURES.register(
+    "ensemble_mean",
+    level="decision",
+    fitted_on="nothing (equal weights)",
+    study="cardiac-MRI study (mean of four CNN backbones' probabilities)",
+)
+def ensemble_mean(inputs: DecisionInputs) -> tuple[np.ndarray, dict]:
+    """The plain average of the models' probabilities."""
+    weights = {name: 1 / len(inputs.test) for name in sorted(inputs.test)}
+    return weighted_mean(inputs.test, weights), {"weights": weights, "fitted_on": "nothing"}
