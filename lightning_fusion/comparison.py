@@ -1,0 +1,418 @@
+"""CNN vs ANN vs fusion on one split: the unimodal models, the chosen fusions, one MLflow parent run.
+
+:func:`run_comparison` reads the cohort once, for every modality of the experiment, so every model
+sees the same patients, the same patient-level split and the same fitted preprocessing. It trains
+
+1. one unimodal model per modality (the image-only CNN, the clinical-only ANN, the signal-only
+   network: ``concat`` over one modality, i.e. encoder → head),
+2. each chosen *trained* fusion (:data:`~lightning_fusion.fusion.FUSIONS`: ``concat``, ``early``,
+   ``gated``, ``attention``, ...) over all the modalities,
+
+and then applies each chosen *decision-level procedure*
+(:data:`~lightning_fusion.ensembling.PROCEDURES`: ``late_weighted`` with weights tuned on validation,
+``stacking``, ``ensemble_mean``) to the unimodal models' best-checkpoint probabilities, without
+training them again. In a comparison ``late_weighted`` is that procedure (the MPI study's method);
+the end-to-end module of the same name is trained by ``fit --model.fusion late_weighted``.
+
+Every model is a child run (tags ``lf.model_kind``, ``lf.fusion``; procedures also ``lf.procedure``
+and ``lf.base_runs``) of one parent run tagged ``lf.compare=true``, which holds the comparison table
+(``comparison.md``, ``comparison.csv``) and a bar chart of the test metrics (``comparison.png``).
+The table's metrics are computed the same way for every model, from its test probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lightning_fusion.config import ConfigError, ExperimentConfig, flatten, resolve, to_dict, to_yaml
+from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.ensembling import PROCEDURES, DecisionInputs
+from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.metrics import metrics_from_probabilities
+from lightning_fusion.registry import suggest
+from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+from lightning_fusion.training import FitResult, Predictions, fit, log_data_summary, log_test_predictions, model_kind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FUSIONS = ("concat", "gated", "attention", "late_weighted", "stacking", "ensemble_mean")
+TABLE_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "nll")
+
+
+@dataclass
+class ComparedModel:
+    """One row of the comparison."""
+
+    name: str  # "cnn (image)", "ann (tabular)", "fusion concat", "fusion stacking"
+    kind: str  # cnn | ann | signal | fusion
+    fusion: str  # "none" for unimodal models
+    modalities: list[str]
+    how: str  # "trained" or "procedure on <base models>"
+    run_id: str
+    metrics: dict[str, float]  # test metrics from the model's test probabilities (same code for every model)
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ComparisonResult:
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    models: list[ComparedModel]
+    table: pd.DataFrame
+    test_patients: int
+
+    def best(self, unimodal: bool = False) -> ComparedModel:
+        """The model with the highest test balanced accuracy among the fusions (or the unimodal models)."""
+        pool = [m for m in self.models if (m.kind != "fusion") == unimodal]
+        return max(pool, key=lambda m: m.metrics["balanced_accuracy"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning: which models, with which configs (all validated before anything trains)
+# --------------------------------------------------------------------------------------------------
+def parse_fusions(names: str | Sequence[str] | None) -> list[str]:
+    """``"concat,stacking"`` → ``["concat", "stacking"]``; every name a trained fusion or a procedure."""
+    if names is None:
+        return list(DEFAULT_FUSIONS)
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("--fusions: name at least one fusion")
+    choices = sorted(set(FUSIONS) | set(PROCEDURES))
+    for name in names:
+        if name not in choices:
+            raise ConfigError(f"--fusions: {suggest(name, choices, 'fusion')}")
+    return list(dict.fromkeys(names))
+
+
+def is_procedure(name: str) -> bool:
+    """Decision-level procedures (on the unimodal models) take precedence over a same-named module."""
+    return name in PROCEDURES
+
+
+def unimodal_config(config: ExperimentConfig, modality: str) -> ExperimentConfig:
+    """The experiment restricted to one modality: its encoder → the head (``concat`` over one input)."""
+    data = to_dict(config)
+    data["model"]["modalities"] = [modality]
+    data["model"]["encoders"] = {modality: data["model"]["encoders"][modality]}
+    data["model"]["fusion"] = {"name": "concat"}
+    data["model"]["modality_dropout"] = 0.0
+    return resolve(data)
+
+
+def fusion_config(config: ExperimentConfig, fusion: str) -> ExperimentConfig:
+    """The experiment with fusion ``fusion`` (the experiment's own options when it already uses it)."""
+    data = to_dict(config)
+    if data["model"]["fusion"]["name"] != fusion:
+        data["model"]["fusion"] = {"name": fusion}
+    if not FUSIONS.metadata(fusion).get("supports_missing", False):
+        data["model"]["modality_dropout"] = 0.0
+    return resolve(data)
+
+
+def _single_process(config: ExperimentConfig) -> ExperimentConfig:
+    """``compare`` keeps every model's predictions in this process: one device, one node."""
+    trainer = config.trainer
+    devices = trainer.devices
+    many = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    if many or devices == -1 or trainer.num_nodes > 1 or trainer.strategy.startswith("ddp"):
+        raise ConfigError(
+            f"compare trains each model in one process (it combines their predictions); got trainer.devices "
+            f"{devices!r}, num_nodes {trainer.num_nodes}, strategy {trainer.strategy!r}: use trainer.devices 1 "
+            "(run fit with DDP for a single large model)"
+        )
+    if devices == "auto":
+        data = to_dict(config)
+        data["trainer"]["devices"] = 1
+        return resolve(data)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+def run_comparison(
+    config: ExperimentConfig,
+    fusions: Sequence[str] | str | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> ComparisonResult:
+    """Train and compare; returns the table (also logged to the parent run). See the module docstring."""
+    fusions = parse_fusions(fusions)
+    modalities = list(config.model.modalities)
+    if len(modalities) < 2:
+        raise ConfigError(f"compare needs an experiment with two or more modalities, got model.modalities {modalities}")
+    if config.data.keep_missing_modalities:
+        raise ConfigError(
+            "compare tests every model on the same patients, so each needs all its inputs: set "
+            "data.keep_missing_modalities false (the unimodal models cannot predict a patient without their modality)"
+        )
+    config = _single_process(config)
+    plans: list[tuple[str, ExperimentConfig]] = [(m, unimodal_config(config, m)) for m in modalities]
+    trained = [(f, fusion_config(config, f)) for f in fusions if not is_procedure(f)]
+    procedures = [f for f in fusions if is_procedure(f)]
+
+    datamodule = MultimodalDataModule(config.data, modalities)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # bad input stops here: no run exists yet
+    classes = datamodule.classes
+    summary = datamodule.summary()
+    kinds = {m: s.kind for m, s in datamodule.specs.items()}
+    if "stacking" in procedures:  # before anything trains: the meta-learner must see every class
+        absent = [c for c, n in summary["counts"]["val"].items() if n == 0]
+        if absent:
+            raise ConfigError(
+                f"stacking: the validation split has no patient of class {absent} "
+                f"({summary['counts']['val']}); its meta-learner cannot learn them. Use a larger "
+                "data.split.val or leave stacking out of --fusions"
+            )
+
+    parent = create_run_logger(
+        config.tracking,
+        f"{config.name}-compare",
+        {
+            "lf.compare": "true",
+            "lf.dataset": summary["dataset"],
+            "lf.modalities": ",".join(modalities),
+            "lf.experiment": config.name,
+            "lf.fusions": ",".join(fusions),
+        },
+    )
+    models: list[ComparedModel] = []
+    try:
+        parent.log_params(flatten(to_dict(config)) | {"compare.fusions": ",".join(fusions)})
+        parent.log_text(to_yaml(config), "config.yaml")
+        log_data_summary(parent, summary)
+        unimodal: dict[str, FitResult] = {}
+        for modality, child_config in plans:
+            name = f"{model_kind([kinds[modality]])} ({modality})"
+            progress(f"training {name} ...")
+            result = fit(
+                child_config, datamodule, parent.run_id, keep_predictions=True, run_name=_run_name(config, name)
+            )
+            unimodal[name] = result
+            models.append(_trained_row(name, child_config, result, classes))
+        for fusion, child_config in trained:
+            name = f"fusion {fusion}"
+            progress(f"training {name} ...")
+            result = fit(
+                child_config, datamodule, parent.run_id, keep_predictions=True, run_name=_run_name(config, name)
+            )
+            models.append(_trained_row(name, child_config, result, classes))
+        for procedure in procedures:
+            progress(f"fitting {procedure} on {', '.join(unimodal)} ...")
+            models.append(_run_procedure(procedure, unimodal, config, datamodule, parent.run_id, summary))
+        table = comparison_table(models)
+        test_patients = len(datamodule.splits["test"])
+        _log_comparison(parent, table, models, test_patients)
+        parent.close("success")
+    except BaseException:
+        parent.close("failed")
+        raise
+    return ComparisonResult(
+        parent_run_id=parent.run_id or "",
+        experiment_id=parent.experiment_id,
+        tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
+        models=models,
+        table=table,
+        test_patients=test_patients,
+    )
+
+
+def _run_name(config: ExperimentConfig, model_name: str) -> str:
+    return f"{config.name}-" + re.sub(r"[^A-Za-z0-9_.]+", "-", model_name).strip("-")
+
+
+def _table_metrics(predictions: Predictions, classes: list[str]) -> dict[str, float]:
+    values = metrics_from_probabilities(predictions.probs, predictions.labels, classes)
+    return {name: values["test/loss" if name == "nll" else f"test/{name}"] for name in TABLE_METRICS}
+
+
+def _trained_row(name: str, config: ExperimentConfig, result: FitResult, classes: list[str]) -> ComparedModel:
+    assert result.predictions is not None
+    return ComparedModel(
+        name=name,
+        kind=result.tags["lf.model_kind"],
+        fusion=result.tags["lf.fusion"],
+        modalities=list(config.model.modalities),
+        how="trained",
+        run_id=result.run_id,
+        metrics=_table_metrics(result.predictions["test"], classes),
+        seconds=result.seconds,
+        details={"predictions": result.predictions},
+    )
+
+
+def _run_procedure(
+    procedure: str,
+    unimodal: dict[str, FitResult],
+    config: ExperimentConfig,
+    datamodule: MultimodalDataModule,
+    parent_run_id: str | None,
+    summary: dict[str, Any],
+) -> ComparedModel:
+    """Apply a decision-level procedure to the unimodal models' predictions; record it as a child run."""
+    started = time.perf_counter()
+    classes = datamodule.classes
+    val = {name: r.predictions["val"] for name, r in unimodal.items()}
+    test = {name: r.predictions["test"] for name, r in unimodal.items()}
+    reference = next(iter(val.values()))
+    for name in unimodal:  # one data module: every model predicted the same patients in the same order
+        if not (
+            np.array_equal(val[name].patient_ids, reference.patient_ids)
+            and np.array_equal(test[name].patient_ids, next(iter(test.values())).patient_ids)
+        ):
+            raise RuntimeError(f"{name} predicted other patients than {next(iter(val))}")
+    inputs = DecisionInputs(
+        val={n: p.probs for n, p in val.items()},
+        val_labels=reference.labels,
+        val_groups=_patients(datamodule, reference.patient_ids),
+        train_groups=_patients(datamodule, datamodule.splits["train"]),
+        test={n: p.probs for n, p in test.items()},
+        num_classes=len(classes),
+    )
+    probs, details = PROCEDURES.get(procedure)(inputs)
+    test_ref = next(iter(test.values()))
+    fused = Predictions(test_ref.patient_ids, test_ref.labels, np.asarray(probs, dtype=np.float64))
+    modalities = list(config.model.modalities)
+    base_runs = {name: r.run_id for name, r in unimodal.items()}
+    tags = {
+        "lf.model_kind": "fusion",
+        "lf.fusion": procedure,
+        "lf.procedure": "true",
+        "lf.base_runs": ",".join(base_runs.values()),
+        "lf.backbone": ",".join(sorted({r.tags["lf.backbone"] for r in unimodal.values()} - {"none"})) or "none",
+        "lf.dataset": summary["dataset"],
+        "lf.modalities": ",".join(modalities),
+        "lf.experiment": config.name,
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    name = f"fusion {procedure}"
+    logger = create_run_logger(config.tracking, _run_name(config, name), tags)
+    try:
+        meta = PROCEDURES.metadata(procedure)
+        logger.log_params({"procedure": procedure, "fitted_on": meta["fitted_on"], "base_models": ",".join(base_runs)})
+        logger.log_dict(details | {"base_runs": base_runs, "study": meta.get("study")}, "procedure.json")
+        weights = details.get("weights") if procedure == "late_weighted" else None
+        if weights:
+            logger.log_metrics({f"fusion/weight/{_slug(m)}": w for m, w in weights.items()})
+        logger.log_metrics(metrics_from_probabilities(fused.probs, fused.labels, classes))
+        log_data_summary(logger, summary)
+        log_test_predictions(logger, classes, fused.labels, fused.probs, fused.patient_ids)
+        logger.close("success")
+    except BaseException:
+        logger.close("failed")
+        raise
+    return ComparedModel(
+        name=name,
+        kind="fusion",
+        fusion=procedure,
+        modalities=modalities,
+        how="procedure on " + ", ".join(base_runs),
+        run_id=logger.run_id or "",
+        metrics=_table_metrics(fused, classes),
+        seconds=time.perf_counter() - started,
+        details=details | {"predictions": {"test": fused}},
+    )
+
+
+def _patients(datamodule: MultimodalDataModule, sample_ids: Sequence[str]) -> list[str]:
+    """The patient of each sample (a sample is a patient unless the cohort groups samples by patient)."""
+    groups = datamodule.cohort.groups
+    return [str(groups[s]) for s in sample_ids] if groups is not None else [str(s) for s in sample_ids]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+# --------------------------------------------------------------------------------------------------
+# The table and the chart
+# --------------------------------------------------------------------------------------------------
+def comparison_table(models: Sequence[ComparedModel]) -> pd.DataFrame:
+    """One row per model: kind, fusion, how it was made, test metrics, seconds and the child run id."""
+    return pd.DataFrame(
+        [
+            {"model": m.name, "kind": m.kind, "fusion": m.fusion, "how": m.how}
+            | {k: round(m.metrics[k], 4) for k in TABLE_METRICS}
+            | {"seconds": round(m.seconds, 1), "run_id": m.run_id}
+            for m in models
+        ]
+    )
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    columns = [c for c in table.columns if c != "run_id"] + ["run_id"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table[columns].iterrows():
+        cells = [f"{v:.3f}" if isinstance(v, float) and c in TABLE_METRICS else str(v) for c, v in row.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figure(table: pd.DataFrame, test_patients: int):
+    """Grouped bars: test balanced accuracy, macro F1 and AUROC per model."""
+    metrics = ("balanced_accuracy", "f1_macro", "auroc")
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(table) + 2), 4.2))
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        bars = axes.bar(x + (i - 1) * width, table[metric], width, label=metric)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    axes.set_xticks(x, table["model"], rotation=25, ha="right")
+    axes.set_ylim(0, 1.08)
+    axes.set_ylabel(f"test ({test_patients} patients)")
+    axes.set_title("CNN vs ANN vs fusion (same split)")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _log_comparison(
+    parent: RunLogger, table: pd.DataFrame, models: Sequence[ComparedModel], test_patients: int
+) -> None:
+    parent.log_text(markdown_table(table), "comparison.md")
+    parent.log_frame_csv(table, "comparison.csv")
+    figure = comparison_figure(table, test_patients)
+    parent.log_figure(figure, "comparison.png")
+    plt.close(figure)
+    parent.log_metrics(
+        {f"compare/{_slug(m.name)}/{metric}": m.metrics[metric] for m in models for metric in TABLE_METRICS}
+    )
+
+
+def verdict(result: ComparisonResult) -> str:
+    """One line: the best fusion against the best unimodal model, on test balanced accuracy."""
+    fusion = result.best()
+    unimodal = result.best(unimodal=True)
+    ahead = fusion.metrics["balanced_accuracy"] > unimodal.metrics["balanced_accuracy"]
+    return (
+        f"best fusion: {fusion.name} {fusion.metrics['balanced_accuracy']:.3f} vs best unimodal: {unimodal.name} "
+        f"{unimodal.metrics['balanced_accuracy']:.3f} test balanced accuracy on {result.test_patients} test patients "
+        f"({'fusion ahead' if ahead else 'fusion NOT ahead'}; single split, no interval)"
+    )
+
+
+__all__ = [
+    "DEFAULT_FUSIONS",
+    "ComparedModel",
+    "ComparisonResult",
+    "comparison_table",
+    "markdown_table",
+    "parse_fusions",
+    "run_comparison",
+    "verdict",
+]
