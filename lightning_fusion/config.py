@@ -112,6 +112,9 @@ class DataConfig:
     reader: dict[str, Any] = field(default_factory=lambda: {"name": "demo_mpi"})
     root: str | None = None  # dataset folder; the demo reader generates its cohort here (or in a cache)
     exclude_labels: list[str] = field(default_factory=list)
+    # keep patients that lack some of the model's modalities (at least one present); their absent
+    # modality is masked by the fusion, so only fusions that support missing modalities accept it
+    keep_missing_modalities: bool = False
     image_size: int = 64
     batch_size: int = 32
     num_workers: int = 0
@@ -436,6 +439,11 @@ def resolve(data: Mapping[str, Any] | None = None) -> ExperimentConfig:
     }
     model.fusion = resolve_component(FUSIONS, model.fusion, "model.fusion")
     fusion_meta = FUSIONS.metadata(model.fusion["name"])
+    if config.data.keep_missing_modalities and len(model.modalities) > 1 and not fusion_meta.get("supports_missing"):
+        raise ConfigError(
+            f"data.keep_missing_modalities: fusion {model.fusion['name']!r} cannot handle a missing modality; use "
+            f"one that masks it ({', '.join(FUSIONS.names(supports_missing=True))}) or set it false"
+        )
     if len(model.modalities) < fusion_meta.get("min_modalities", 1):
         raise ConfigError(
             f"model.fusion: {model.fusion['name']!r} needs at least {fusion_meta['min_modalities']} modalities, "

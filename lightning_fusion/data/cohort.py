@@ -108,17 +108,34 @@ class Cohort:
 
 @dataclass
 class JoinReport:
-    """Which patients a join kept and why the others were excluded."""
+    """Which patients a join kept and why the others were excluded.
+
+    ``missing`` (only when the join keeps patients with missing modalities): modality → the kept
+    patients that lack it.
+    """
 
     kept: list[str]
     excluded: dict[str, list[str]]
+    missing: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {reason: len(ids) for reason, ids in self.excluded.items()}
 
+    def present(self, modality: str, patient_ids: Sequence[str]) -> np.ndarray:
+        """``(N,)`` bool: which of ``patient_ids`` have ``modality``."""
+        lacking = set(self.missing.get(modality, ()))
+        return np.array([pid not in lacking for pid in patient_ids], dtype=bool)
 
-def join_modalities(cohort: Cohort, required: Sequence[str], exclude_labels: Sequence[str] = ()) -> JoinReport:
+
+def join_modalities(
+    cohort: Cohort, required: Sequence[str], exclude_labels: Sequence[str] = (), keep_missing: bool = False
+) -> JoinReport:
     """Keep the labelled patients that have every ``required`` modality and a wanted label.
+
+    With ``keep_missing``, a patient needs only one of the ``required`` modalities: the others are
+    reported in :attr:`JoinReport.missing` (for fusions that mask absent modalities), and a reader's
+    exclusion that concerns one modality (e.g. a missing view) makes that modality missing instead of
+    excluding the patient.
 
     Raises:
         DataError: a required modality the cohort does not have, or nothing left to train on.
@@ -132,6 +149,8 @@ def join_modalities(cohort: Cohort, required: Sequence[str], exclude_labels: Seq
 
     def concerns_this_model(reason: str) -> bool:
         modality = cohort.excluded_modality.get(reason)
+        if keep_missing and modality is not None:
+            return False  # the patient is kept without that modality (its source does not list them)
         return modality is None or modality in required
 
     excluded: dict[str, list[str]] = {
@@ -145,24 +164,38 @@ def join_modalities(cohort: Cohort, required: Sequence[str], exclude_labels: Seq
     reader_excluded = {pid for ids in excluded.values() for pid in ids}  # (+ excluded labels: dropped anyway)
     wanted = labelled - {pid for label in exclude_labels for pid in cohort.labels.index[cohort.labels == label]}
     kept = set(wanted) - reader_excluded  # already reported by the reader; not counted twice
-    for modality in required:
-        have = cohort.modalities[modality].patient_ids
-        lacking = sorted(kept - have)
-        if lacking:
-            excluded[f"no {modality}"] = lacking
-        kept &= have
+    lacking_by_modality: dict[str, list[str]] = {}
+    if keep_missing:
+        have_any = set().union(*(cohort.modalities[m].patient_ids for m in required))
+        none = sorted(kept - have_any)
+        if none:
+            excluded[f"none of {list(required)}"] = none
+        kept &= have_any
+        for modality in required:
+            lacking = sorted(kept - cohort.modalities[modality].patient_ids)
+            if lacking:
+                lacking_by_modality[modality] = lacking
+    else:
+        for modality in required:
+            have = cohort.modalities[modality].patient_ids
+            lacking = sorted(kept - have)
+            if lacking:
+                excluded[f"no {modality}"] = lacking
+            kept &= have
     unlabelled = set().union(*(cohort.modalities[m].patient_ids for m in required)) - labelled
     if unlabelled:
         excluded["no label"] = sorted(unlabelled)
     if not kept:
         raise DataError(
-            f"{cohort.name}: no patient has a label and all of {list(required)}; "
+            f"{cohort.name}: no patient has a label and {'any' if keep_missing else 'all'} of {list(required)}; "
             f"exclusions: { {k: len(v) for k, v in excluded.items()} }"
         )
     for reason, ids in excluded.items():
         shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
         log.warning("%s: excluded %d patient(s), %s: %s", cohort.name, len(ids), reason, shown)
-    return JoinReport(kept=sorted(kept), excluded=excluded)
+    for modality, ids in lacking_by_modality.items():
+        log.warning("%s: kept %d patient(s) without %s (masked by the fusion)", cohort.name, len(ids), modality)
+    return JoinReport(kept=sorted(kept), excluded=excluded, missing=lacking_by_modality)
 
 
 def class_counts(labels: pd.Series, classes: Sequence[str]) -> dict[str, int]:

@@ -54,7 +54,8 @@ class MultimodalDataModule(L.LightningDataModule):
         if self.datasets:
             return
         cohort = self.reader.read(self.root)
-        join = join_modalities(cohort, self.modalities, self.config.exclude_labels)
+        keep_missing = self.config.keep_missing_modalities and len(self.modalities) > 1
+        join = join_modalities(cohort, self.modalities, self.config.exclude_labels, keep_missing)
         # An excluded label (e.g. "borderline") is not a class of the model either.
         cohort.classes = [c for c in cohort.classes if c not in self.config.exclude_labels]
         labels = cohort.labels.loc[join.kept]
@@ -68,18 +69,26 @@ class MultimodalDataModule(L.LightningDataModule):
                 raise DataError(f"{cohort.name}: the {name} split is empty ({len(join.kept)} patients in all)")
         self.cohort, self.join, self.splits = cohort, join, splits
         y = {name: label_indices(labels.loc[ids], cohort.classes) for name, ids in splits.items()}
-        arrays = self._load_arrays(cohort, splits, y["train"])
+        present = {
+            name: {m: join.present(m, ids) for m in self.modalities if m in join.missing}
+            for name, ids in splits.items()
+        }
+        for name, split_present in present.items():
+            bare = [m for m, flags in split_present.items() if not flags.any()]
+            if bare:
+                raise DataError(f"{cohort.name}: no {name} patient has modality {bare}; a split needs some of each")
+        arrays = self._load_arrays(cohort, splits, y, present)
         kinds = {m: cohort.modalities[m].kind for m in self.modalities}
         augmentation = build_augmentation(self.config.augment)
         self.datasets = {
             name: MultimodalDataset(
-                splits[name], y[name], arrays[name], kinds, augmentation if name == "train" else None
+                splits[name], y[name], arrays[name], kinds, augmentation if name == "train" else None, present[name]
             )
             for name in SPLITS
         }
-        present = np.unique(y["train"])
-        weights = compute_class_weight("balanced", classes=present, y=y["train"])
-        self.class_weights = [float(weights[list(present).index(i)]) for i in range(len(cohort.classes))]
+        seen = np.unique(y["train"])
+        weights = compute_class_weight("balanced", classes=seen, y=y["train"])
+        self.class_weights = [float(weights[list(seen).index(i)]) for i in range(len(cohort.classes))]
         log.info("%s: %s", cohort.name, self.summary()["counts"])
 
     def _split(self, cohort: Cohort, labels) -> dict[str, list[str]]:
@@ -88,27 +97,41 @@ class MultimodalDataModule(L.LightningDataModule):
         fractions = {"train": self.config.split.train, "val": self.config.split.val, "test": self.config.split.test}
         return stratified_split(labels, fractions, self.config.split.seed, cohort.groups)
 
-    def _load_arrays(self, cohort: Cohort, splits: dict[str, list[str]], y_train: np.ndarray) -> dict[str, dict]:
+    def _load_arrays(
+        self,
+        cohort: Cohort,
+        splits: dict[str, list[str]],
+        y: dict[str, np.ndarray],
+        present: dict[str, dict[str, np.ndarray]],
+    ) -> dict[str, dict]:
+        """Per split and modality, one array row per patient; an absent modality's row is a zero placeholder.
+
+        Fitted steps (tabular, signal) see the training patients that *have* the modality only.
+        """
         arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in SPLITS}
         for modality in self.modalities:
             source = cohort.modalities[modality]
+            have = {
+                name: present[name][modality] if modality in present[name] else np.ones(len(splits[name]), bool)
+                for name in SPLITS
+            }
+            ids = {name: [pid for pid, h in zip(splits[name], have[name]) if h] for name in SPLITS}
             if source.kind == "image":
-                for name in SPLITS:
-                    arrays[name][modality] = source.load_many(splits[name], self.config.image_size)
+                loaded = {name: source.load_many(ids[name], self.config.image_size) for name in SPLITS}
             elif source.kind == "vector":
                 preprocessor = TabularPreprocessor(self.config.tabular)
-                preprocessor.fit(source.rows(splits["train"]), y_train, source=source.source)
+                preprocessor.fit(source.rows(ids["train"]), y["train"][have["train"]], source=source.source)
                 self.preprocessors[modality] = preprocessor
-                for name in SPLITS:
-                    arrays[name][modality] = preprocessor.transform(source.rows(splits[name]), source=source.source)
+                loaded = {name: preprocessor.transform(source.rows(ids[name]), source=source.source) for name in SPLITS}
             elif source.kind == "signal":
-                raw = {name: source.load_many(splits[name]) for name in SPLITS}
+                raw = {name: source.load_many(ids[name]) for name in SPLITS}
                 preprocessor = SignalPreprocessor(self.config.signal).fit(raw["train"], leads=source.leads)
                 self.preprocessors[modality] = preprocessor
-                for name in SPLITS:
-                    arrays[name][modality] = preprocessor.transform(raw[name])
+                loaded = {name: preprocessor.transform(raw[name]) for name in SPLITS}
             else:
                 raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+            for name in SPLITS:
+                arrays[name][modality] = _with_placeholders(loaded[name], have[name], loaded["train"])
         return arrays
 
     # ---------------------------------------------------------------------------------------------
@@ -134,6 +157,11 @@ class MultimodalDataModule(L.LightningDataModule):
             "classes": self.cohort.classes,
             "counts": {name: class_counts(labels.loc[ids], self.cohort.classes) for name, ids in self.splits.items()},
             "excluded": self.join.counts(),
+            "kept_without": {
+                m: {name: int((~self.datasets[name].present[m]).sum()) for name in SPLITS}
+                for m in self.modalities
+                if m in self.datasets["train"].present
+            },
             "excluded_patients": self.join.excluded,
             "class_weights": dict(zip(self.cohort.classes, self.class_weights)),
             "preprocessing": {m: p.summary() for m, p in self.preprocessors.items()},
@@ -162,3 +190,12 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _with_placeholders(values: np.ndarray, have: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` at the patients that ``have`` the modality; zeros (never read by the fusion) elsewhere."""
+    if have.all():
+        return values
+    full = np.zeros((len(have), *like.shape[1:]), dtype=like.dtype)
+    full[have] = values
+    return full

@@ -21,6 +21,8 @@ class MultimodalDataset(Dataset):
         arrays: modality → per-sample arrays; images ``(N, H, W, C)`` ``uint8``, vectors ``(N, F)``.
         kinds: modality → ``image`` | ``vector`` | ``signal``.
         image_transform: applied to image modalities (``(H, W, C)`` ``uint8`` → same), train only.
+        present: modality → ``(N,)`` bool for modalities some patients lack (their rows are
+            placeholders); samples then carry ``"present": {modality: bool}``, which the fusion masks.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class MultimodalDataset(Dataset):
         arrays: Mapping[str, np.ndarray],
         kinds: Mapping[str, str],
         image_transform: Callable[..., dict[str, Any]] | None = None,
+        present: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         for modality, values in arrays.items():
             if len(values) != len(patient_ids):
@@ -39,6 +42,11 @@ class MultimodalDataset(Dataset):
         self.arrays = dict(arrays)
         self.kinds = dict(kinds)
         self.image_transform = image_transform
+        # modality → (N,) bool, for the modalities some patients lack; the others are present everywhere
+        self.present = {m: np.asarray(p, dtype=bool) for m, p in (present or {}).items()}
+        for modality, flags in self.present.items():
+            if len(flags) != len(patient_ids):
+                raise ValueError(f"present[{modality!r}]: {len(flags)} flags for {len(patient_ids)} patients")
 
     def __len__(self) -> int:
         return len(self.patient_ids)
@@ -53,6 +61,8 @@ class MultimodalDataset(Dataset):
                 sample[modality] = image_to_tensor(value)
             else:
                 sample[modality] = torch.tensor(value, dtype=torch.float32)
+        if self.present:
+            sample["present"] = {m: torch.tensor(bool(flags[index])) for m, flags in self.present.items()}
         sample["label"] = torch.tensor(self.labels[index])
         sample["index"] = torch.tensor(index)
         sample["patient_id"] = self.patient_ids[index]
