@@ -229,6 +229,25 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """How the test set is reported: bootstrap intervals, calibration, optional temperature scaling."""
+
+    bootstrap_resamples: int = 2000  # stratified by class; >= 1000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+    calibration_bins: int = 15
+    temperature_scaling: bool = False  # fit one temperature on validation predictions; report calibrated too
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_resamples < 1000:
+            raise ValueError(f"bootstrap_resamples must be >= 1000, got {self.bootstrap_resamples}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if self.calibration_bins < 2:
+            raise ValueError(f"calibration_bins must be >= 2, got {self.calibration_bins}")
+
+
+@dataclass
 class TrackingConfig:
     """Where MLflow records the run."""
 
@@ -249,6 +268,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

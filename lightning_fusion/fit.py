@@ -100,10 +100,19 @@ def _print_summary(result) -> None:
         + (f", {excluded} excluded" if excluded else "")
     )
     names = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
-    print(
-        "test  "
-        + "  ".join(f"{n} {result.test_metrics[f'test/{n}']:.3f}" for n in names if f"test/{n}" in result.test_metrics)
-    )
+    metrics = result.test_metrics
+
+    def shown(name: str) -> str:
+        low, high = metrics.get(f"test/{name}_ci_low"), metrics.get(f"test/{name}_ci_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        return f"{name} {metrics[f'test/{name}']:.3f}{interval}"
+
+    print("test  " + "  ".join(shown(n) for n in names if f"test/{n}" in metrics))
+    if "test/ece" in metrics:
+        print(
+            f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "
+            "intervals in brackets; report.html in the run)"
+        )
     uri = result.tracking_uri
     print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {uri}")
     print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")

@@ -25,10 +25,20 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from sklearn.metrics import confusion_matrix
 
 from lightning_fusion.callbacks import BackboneWarmup
-from lightning_fusion.config import ExperimentConfig, ModelConfig, TrainerConfig, flatten, to_dict, to_yaml
+from lightning_fusion.config import (
+    EvaluationConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainerConfig,
+    flatten,
+    to_dict,
+    to_yaml,
+)
 from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.evaluation import evaluate, log_evaluation, png_bytes
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.metrics import confusion_matrix_figure, report_table
+from lightning_fusion.report import run_report
 from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -199,12 +209,22 @@ def fit(
         best = checkpoint.best_model_path
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if keep_predictions or config.evaluation.temperature_scaling:  # every process (predict is collective)
+            predictions = _best_predictions(trainer, module, datamodule, best)
         if trainer.is_global_zero:
-            _log_test_artifacts(logger, module, datamodule, summary)
+            test = Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids)
+            _log_fusion_weights(logger, module)
+            test_metrics |= log_tested_model(
+                logger,
+                module.classes,
+                test,
+                summary,
+                config.evaluation,
+                predictions["val"] if predictions else None,
+                title=f"{config.name}: {tags['lf.model_kind']} ({tags['lf.modalities']}, fusion {tags['lf.fusion']})",
+            )
             if best and config.tracking.log_checkpoint:
                 logger.log_file(best, "checkpoints")
-        if keep_predictions:
-            predictions = _best_predictions(trainer, module, datamodule, best)
         logger.close("success")
     except BaseException:
         logger.close("failed")
@@ -231,7 +251,10 @@ def _best_predictions(
 ) -> dict[str, Predictions]:
     """Validation and test probabilities of the tested (best) checkpoint."""
     if trainer.world_size > 1:
-        raise RuntimeError("keep_predictions needs a single-process run (trainer.devices 1)")
+        raise RuntimeError(
+            "validation predictions (compare, evaluation.temperature_scaling) need a single-process run: "
+            "set trainer.devices 1"
+        )
     outputs = trainer.predict(module, dataloaders=datamodule.val_dataloader(), ckpt_path=best or None)
     val = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "probs", "label")}
     return {
@@ -240,19 +263,53 @@ def _best_predictions(
     }
 
 
-def _log_test_artifacts(
-    logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, summary: dict[str, Any]
-) -> None:
-    classes = module.classes
+def _log_fusion_weights(logger: RunLogger, module: FusionLitModule) -> None:
     fusion = module.model.fusion
     if hasattr(fusion, "modality_weights"):  # late_weighted: the weights of the tested (best) checkpoint
         weights = fusion.modality_weights()
         logger.log_metrics({f"fusion/weight/{m}": w for m, w in weights.items()})
         logger.log_dict(weights, "fusion_weights.json")
+
+
+def log_tested_model(
+    logger: RunLogger,
+    classes: list[str],
+    test: Predictions,
+    summary: dict[str, Any],
+    evaluation: EvaluationConfig,
+    val: Predictions | None = None,
+    title: str = "",
+) -> dict[str, float]:
+    """Everything a tested model's run keeps of its test set; returns the interval and calibration metrics.
+
+    Data summary and splits, predictions, confusion matrix, per-class report, bootstrap intervals,
+    calibration, ROC / PR curves, and ``report.html`` with all of it.
+    """
     log_data_summary(logger, summary)
-    predictions = module.test_predictions
-    patient_ids = np.asarray(datamodule.datasets["test"].patient_ids)[predictions["index"]]
-    log_test_predictions(logger, classes, predictions["label"], predictions["probs"], patient_ids)
+    images = log_test_predictions(logger, classes, test.labels, test.probs, test.patient_ids)
+    result = evaluate(
+        test.labels, test.probs, classes, evaluation, (val.labels, val.probs) if val is not None else None
+    )
+    images |= log_evaluation(logger, result)
+    other = {"ECE": result.ece, "Brier": result.brier} | (
+        {"temperature (fitted on val)": result.temperature}
+        | {f"{k} after temperature": v for k, v in result.calibrated.items()}
+        if result.temperature is not None
+        else {}
+    )
+    logger.log_text(
+        run_report(
+            title,
+            summary,
+            result.intervals,
+            other,
+            images,
+            evaluation.confidence,
+            subtitle=f"MLflow run {logger.run_id}",
+        ),
+        "report.html",
+    )
+    return result.metrics()
 
 
 def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:
@@ -263,7 +320,7 @@ def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:
 
 def log_test_predictions(
     logger: RunLogger, classes: list[str], y_true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray
-) -> None:
+) -> dict[str, bytes]:
     """Confusion matrix (JSON + PNG), per-class report and ``test_predictions.csv`` of a tested model."""
     y_pred = probs.argmax(axis=1)
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
@@ -272,6 +329,7 @@ def log_test_predictions(
     )
     figure = confusion_matrix_figure(matrix, classes)
     logger.log_figure(figure, "confusion_matrix.png")
+    image = png_bytes(figure)
     plt.close(figure)
     text, table = report_table(y_true, y_pred, classes)
     logger.log_text(text, "classification_report.txt")
@@ -282,3 +340,4 @@ def log_test_predictions(
     for i, cls in enumerate(classes):
         frame[f"prob_{cls}"] = probs[:, i]
     logger.log_frame_csv(frame, "test_predictions.csv")
+    return {"confusion_matrix.png": image}

@@ -1,6 +1,7 @@
 """End to end: fit → test → MLflow, the run's contents, failure handling and the CLI."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ def test_run_artifacts(trained):
         "test_predictions.csv",
         "data_summary.json",
         "splits.json",
+        "report.html",
+        "roc.png",
+        "pr.png",
+        "reliability.png",
+        "curves.json",
+        "calibration.json",
+        "intervals.json",
     ):
         assert name in artifacts, name
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in artifacts)
@@ -114,6 +122,15 @@ def test_run_artifacts(trained):
     accuracy = (predictions["true"] == predictions["predicted"]).mean()
     assert trained["run"].data.metrics["test/accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert load_config(None, yaml.safe_load((local / "config.yaml").read_text())) == trained["config"]
+    # Intervals around the logged value, computed from the saved predictions; the report shows them.
+    metrics = trained["run"].data.metrics
+    for name in ("accuracy", "balanced_accuracy", "f1_macro", "auroc"):
+        assert (
+            metrics[f"test/{name}_ci_low"] <= metrics[f"test/{name}"] + 1e-6 <= metrics[f"test/{name}_ci_high"] + 2e-6
+        )
+    assert 0 <= metrics["test/ece"] <= 1 and 0 <= metrics["test/brier"] <= 2
+    report = (local / "report.html").read_text()
+    assert "data:image/png;base64," in report and "bootstrap" in report and "Excluded" not in report
 
 
 @pytest.mark.slow
@@ -161,7 +178,7 @@ def test_crash_after_testing_marks_the_run_failed(small_cohort, mlflow_store, mo
     def explode(*args, **kwargs):
         raise OSError("disk full while writing artifacts")
 
-    monkeypatch.setattr(training, "_log_test_artifacts", explode)
+    monkeypatch.setattr(training, "log_tested_model", explode)
     with pytest.raises(OSError, match="disk full"):
         fit(load_config(None, small_overrides(small_cohort, **{"trainer.max_epochs": 1})))
     runs = _all_runs(mlflow_store["uri"])
@@ -222,6 +239,7 @@ def test_cli_trains_and_prints_a_summary(small_cohort, mlflow_store, capsys):
     out = capsys.readouterr().out
     assert "fusion model (image,tabular, fusion concat) on mpi" in out
     assert "test  accuracy" in out and "MLflow run" in out
+    assert re.search(r"balanced_accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", out), out
 
 
 @pytest.mark.slow
