@@ -65,11 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_result(result) -> None:
-    from lightning_fusion.comparison import markdown_table, verdict
+    from lightning_fusion.comparison_report import display_paired, display_table, markdown_table, verdict
 
-    table = result.table.drop(columns=["how"])
     print()
-    print(markdown_table(table), end="")
+    print(markdown_table(display_table(result.table)), end="")
+    if len(result.paired):
+        print()
+        print(markdown_table(display_paired(result.paired)), end="")
+    print()
     print(verdict(result))
     uri = result.tracking_uri
     print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) in {uri}")

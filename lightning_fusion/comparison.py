@@ -22,6 +22,7 @@ The table's metrics are computed the same way for every model, from its test pro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -29,23 +30,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lightning_fusion.config import ConfigError, ExperimentConfig, flatten, resolve, to_dict, to_yaml
+from lightning_fusion.comparison_report import TABLE_METRICS, comparison_table, log_comparison, paired_tests
+from lightning_fusion.config import ConfigError, EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.ensembling import PROCEDURES, DecisionInputs
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.metrics import metrics_from_probabilities
 from lightning_fusion.registry import suggest
-from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
-from lightning_fusion.training import FitResult, Predictions, fit, log_data_summary, log_test_predictions, model_kind
+from lightning_fusion.stats import Interval, bootstrap_intervals
+from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
+from lightning_fusion.training import FitResult, Predictions, fit, log_data_summary, log_tested_model, model_kind
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FUSIONS = ("concat", "gated", "attention", "late_weighted", "stacking", "ensemble_mean")
-TABLE_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "nll")
 
 
 @dataclass
@@ -59,6 +60,8 @@ class ComparedModel:
     how: str  # "trained" or "procedure on <base models>"
     run_id: str
     metrics: dict[str, float]  # test metrics from the model's test probabilities (same code for every model)
+    intervals: dict[str, Interval]  # bootstrap intervals of the same metrics
+    test: Predictions
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +73,7 @@ class ComparisonResult:
     tracking_uri: str
     models: list[ComparedModel]
     table: pd.DataFrame
+    paired: pd.DataFrame  # each fusion against each unimodal model: McNemar and AUROC difference
     test_patients: int
 
     def best(self, unimodal: bool = False) -> ComparedModel:
@@ -214,8 +218,9 @@ def run_comparison(
             progress(f"fitting {procedure} on {', '.join(unimodal)} ...")
             models.append(_run_procedure(procedure, unimodal, config, datamodule, parent.run_id, summary))
         table = comparison_table(models)
+        paired = paired_tests(models, config.evaluation)
         test_patients = len(datamodule.splits["test"])
-        _log_comparison(parent, table, models, test_patients)
+        log_comparison(parent, table, paired, summary, config)
         parent.close("success")
     except BaseException:
         parent.close("failed")
@@ -226,6 +231,7 @@ def run_comparison(
         tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
         models=models,
         table=table,
+        paired=paired,
         test_patients=test_patients,
     )
 
@@ -234,9 +240,17 @@ def _run_name(config: ExperimentConfig, model_name: str) -> str:
     return f"{config.name}-" + re.sub(r"[^A-Za-z0-9_.]+", "-", model_name).strip("-")
 
 
-def _table_metrics(predictions: Predictions, classes: list[str]) -> dict[str, float]:
+def _table_metrics(predictions: Predictions, classes: list[str], evaluation: EvaluationConfig) -> dict[str, Any]:
     values = metrics_from_probabilities(predictions.probs, predictions.labels, classes)
-    return {name: values["test/loss" if name == "nll" else f"test/{name}"] for name in TABLE_METRICS}
+    intervals = bootstrap_intervals(
+        predictions.labels,
+        predictions.probs,
+        evaluation.bootstrap_resamples,
+        evaluation.bootstrap_seed,
+        evaluation.confidence,
+    )
+    metrics = {name: values["test/loss" if name == "nll" else f"test/{name}"] for name in TABLE_METRICS}
+    return {"metrics": metrics, "intervals": intervals, "test": predictions}
 
 
 def _trained_row(name: str, config: ExperimentConfig, result: FitResult, classes: list[str]) -> ComparedModel:
@@ -248,9 +262,8 @@ def _trained_row(name: str, config: ExperimentConfig, result: FitResult, classes
         modalities=list(config.model.modalities),
         how="trained",
         run_id=result.run_id,
-        metrics=_table_metrics(result.predictions["test"], classes),
         seconds=result.seconds,
-        details={"predictions": result.predictions},
+        **_table_metrics(result.predictions["test"], classes, config.evaluation),
     )
 
 
@@ -309,8 +322,14 @@ def _run_procedure(
         if weights:
             logger.log_metrics({f"fusion/weight/{_slug(m)}": w for m, w in weights.items()})
         logger.log_metrics(metrics_from_probabilities(fused.probs, fused.labels, classes))
-        log_data_summary(logger, summary)
-        log_test_predictions(logger, classes, fused.labels, fused.probs, fused.patient_ids)
+        log_tested_model(
+            logger,
+            classes,
+            fused,
+            summary,
+            dataclasses.replace(config.evaluation, temperature_scaling=False),  # no validation output to fit it on
+            title=f"{config.name}: fusion {procedure} (procedure on {', '.join(base_runs)})",
+        )
         logger.close("success")
     except BaseException:
         logger.close("failed")
@@ -322,9 +341,9 @@ def _run_procedure(
         modalities=modalities,
         how="procedure on " + ", ".join(base_runs),
         run_id=logger.run_id or "",
-        metrics=_table_metrics(fused, classes),
         seconds=time.perf_counter() - started,
-        details=details | {"predictions": {"test": fused}},
+        details=details,
+        **_table_metrics(fused, classes, config.evaluation),
     )
 
 
@@ -338,81 +357,4 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-# --------------------------------------------------------------------------------------------------
-# The table and the chart
-# --------------------------------------------------------------------------------------------------
-def comparison_table(models: Sequence[ComparedModel]) -> pd.DataFrame:
-    """One row per model: kind, fusion, how it was made, test metrics, seconds and the child run id."""
-    return pd.DataFrame(
-        [
-            {"model": m.name, "kind": m.kind, "fusion": m.fusion, "how": m.how}
-            | {k: round(m.metrics[k], 4) for k in TABLE_METRICS}
-            | {"seconds": round(m.seconds, 1), "run_id": m.run_id}
-            for m in models
-        ]
-    )
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency)."""
-    columns = [c for c in table.columns if c != "run_id"] + ["run_id"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table[columns].iterrows():
-        cells = [f"{v:.3f}" if isinstance(v, float) and c in TABLE_METRICS else str(v) for c, v in row.items()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_figure(table: pd.DataFrame, test_patients: int):
-    """Grouped bars: test balanced accuracy, macro F1 and AUROC per model."""
-    metrics = ("balanced_accuracy", "f1_macro", "auroc")
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(table) + 2), 4.2))
-    x = np.arange(len(table))
-    width = 0.8 / len(metrics)
-    for i, metric in enumerate(metrics):
-        bars = axes.bar(x + (i - 1) * width, table[metric], width, label=metric)
-        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    axes.set_xticks(x, table["model"], rotation=25, ha="right")
-    axes.set_ylim(0, 1.08)
-    axes.set_ylabel(f"test ({test_patients} patients)")
-    axes.set_title("CNN vs ANN vs fusion (same split)")
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
-def _log_comparison(
-    parent: RunLogger, table: pd.DataFrame, models: Sequence[ComparedModel], test_patients: int
-) -> None:
-    parent.log_text(markdown_table(table), "comparison.md")
-    parent.log_frame_csv(table, "comparison.csv")
-    figure = comparison_figure(table, test_patients)
-    parent.log_figure(figure, "comparison.png")
-    plt.close(figure)
-    parent.log_metrics(
-        {f"compare/{_slug(m.name)}/{metric}": m.metrics[metric] for m in models for metric in TABLE_METRICS}
-    )
-
-
-def verdict(result: ComparisonResult) -> str:
-    """One line: the best fusion against the best unimodal model, on test balanced accuracy."""
-    fusion = result.best()
-    unimodal = result.best(unimodal=True)
-    ahead = fusion.metrics["balanced_accuracy"] > unimodal.metrics["balanced_accuracy"]
-    return (
-        f"best fusion: {fusion.name} {fusion.metrics['balanced_accuracy']:.3f} vs best unimodal: {unimodal.name} "
-        f"{unimodal.metrics['balanced_accuracy']:.3f} test balanced accuracy on {result.test_patients} test patients "
-        f"({'fusion ahead' if ahead else 'fusion NOT ahead'}; single split, no interval)"
-    )
-
-
-__all__ = [
-    "DEFAULT_FUSIONS",
-    "ComparedModel",
-    "ComparisonResult",
-    "comparison_table",
-    "markdown_table",
-    "parse_fusions",
-    "run_comparison",
-    "verdict",
-]
+__all__ = ["DEFAULT_FUSIONS", "ComparedModel", "ComparisonResult", "parse_fusions", "run_comparison"]

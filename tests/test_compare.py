@@ -66,7 +66,7 @@ def test_compare_cli_prints_the_table_and_the_verdict(compared):
         "fusion ensemble_mean",
     ):
         assert f"| {name} |" in out
-    assert "best fusion:" in out and "best unimodal:" in out
+    assert "best fusion:" in out and "best unimodal:" in out and "McNemar p=" in out
     assert "MLflow parent run" in out
 
 
@@ -90,7 +90,22 @@ def test_compare_parent_and_child_runs(compared):
         ]
     )
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "comparison.png", "config.yaml", "data_summary.json"} <= artifacts
+    assert {
+        "comparison.md",
+        "comparison.csv",
+        "comparison.png",
+        "paired_tests.md",
+        "paired_tests.csv",
+        "report.html",
+        "config.yaml",
+        "data_summary.json",
+    } <= artifacts
+    paired = pd.read_csv(client.download_artifacts(parent.info.run_id, "paired_tests.csv"))
+    fusions = ["fusion concat", "fusion late_weighted", "fusion stacking", "fusion ensemble_mean"]
+    assert sorted(zip(paired["model"], paired["versus"])) == sorted(
+        (f, u) for f in fusions for u in ("cnn (image)", "ann (tabular)")
+    )
+    assert (paired["mcnemar_p_holm"] >= paired["mcnemar_p"]).all() and paired["mcnemar_p_holm"].le(1).all()
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "comparison.csv"))
     assert sorted(table["run_id"]) == sorted(r.info.run_id for r in children)
     assert parent.data.metrics["compare/cnn_image/balanced_accuracy"] == pytest.approx(
