@@ -27,9 +27,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
+        "--cv", type=int, metavar="K", help="patient-grouped stratified K-fold cross-validation instead of one split"
+    )
+    parser.add_argument("--cv-repeats", type=int, default=1, metavar="R", help="repeat the K folds R times (seeds)")
+    parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
     args, rest = parser.parse_known_args(argv)
+    if args.cv is not None and args.cv < 2:
+        parser.error(f"--cv needs at least 2 folds, got {args.cv}")
+    if args.cv_repeats < 1:
+        parser.error(f"--cv-repeats must be >= 1, got {args.cv_repeats}")
     return args, parse_overrides(parser, rest)
 
 
@@ -68,7 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lightning_fusion.training import fit  # heavy imports only when training
 
     try:
+        if args.cv:
+            from lightning_fusion.crossval import cross_validate
+
+            cv_result = cross_validate(config, args.cv, args.cv_repeats)
+            _print_cv_summary(config, cv_result, args.cv)
+            return 0
         result = fit(config)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2
@@ -88,6 +105,16 @@ def log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def _print_cv_summary(config, result, k: int) -> None:
+    from lightning_fusion.crossval import summary_lines
+
+    repeats = int(result.folds["repeat"].max()) + 1
+    print(f"\n{config.name}: {k}-fold cross-validation x {repeats}, {len(result.folds)} fold models, test metrics:")
+    print("\n".join(summary_lines(result)))
+    uri = result.tracking_uri
+    print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) in {uri}")
 
 
 def _print_summary(result) -> None:

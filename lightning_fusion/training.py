@@ -166,6 +166,7 @@ def fit(
     parent_run_id: str | None = None,
     keep_predictions: bool = False,
     run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> FitResult:
     """Train, test on the best checkpoint, and record everything in one MLflow run.
 
@@ -195,6 +196,7 @@ def fit(
     )
     summary = datamodule.summary() | {"modalities": list(config.model.modalities)}
     tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
+    tags |= extra_tags or {}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     logger = create_run_logger(config.tracking, run_name or f"{config.name}-{tags['lf.model_kind']}", tags)

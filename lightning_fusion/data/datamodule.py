@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 class MultimodalDataModule(L.LightningDataModule):
     """Batches of ``{modality: tensor, "label", "index", "patient_id"}`` for the configured modalities."""
 
-    def __init__(self, data: DataConfig, modalities: list[str]) -> None:
+    def __init__(self, data: DataConfig, modalities: list[str], splits: dict[str, list[str]] | None = None) -> None:
+        """``splits`` (split → patient ids) replaces the configured split, e.g. one cross-validation fold."""
         super().__init__()
+        self.given_splits = splits
         self.config = data
         self.modalities = list(modalities)
         self.reader = READERS.create(data.reader["name"], component_options(data.reader, READERS))
@@ -50,15 +53,19 @@ class MultimodalDataModule(L.LightningDataModule):
         """Generate package-made data (the demo cohort) once, on one process."""
         self.reader.prepare(self.root)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def read_labels(self) -> tuple[Cohort, JoinReport, pd.Series]:
+        """Read the cohort and join its modalities: the cohort, the join, and the kept patients' labels."""
         cohort = self.reader.read(self.root)
         keep_missing = self.config.keep_missing_modalities and len(self.modalities) > 1
         join = join_modalities(cohort, self.modalities, self.config.exclude_labels, keep_missing)
         # An excluded label (e.g. "borderline") is not a class of the model either.
         cohort.classes = [c for c in cohort.classes if c not in self.config.exclude_labels]
-        labels = cohort.labels.loc[join.kept]
+        return cohort, join, cohort.labels.loc[join.kept]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cohort, join, labels = self.read_labels()
         splits = self._split(cohort, labels)
         assert_patients_disjoint(splits, cohort.groups)
         missing_classes = [c for c, n in class_counts(labels.loc[splits["train"]], cohort.classes).items() if n == 0]
@@ -92,6 +99,11 @@ class MultimodalDataModule(L.LightningDataModule):
         log.info("%s: %s", cohort.name, self.summary()["counts"])
 
     def _split(self, cohort: Cohort, labels) -> dict[str, list[str]]:
+        if self.given_splits is not None:
+            unknown = sorted(set().union(*self.given_splits.values()) - set(labels.index))
+            if unknown:
+                raise DataError(f"{cohort.name}: the given split names patients that are not kept: {unknown[:5]}")
+            return {name: sorted(self.given_splits.get(name, [])) for name in SPLITS}
         if cohort.splits is not None and self.config.split.use_predefined:
             return predefined_split(cohort.splits, list(labels.index))
         fractions = {"train": self.config.split.train, "val": self.config.split.val, "test": self.config.split.test}

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from lightning_fusion.data.cohort import DataError
 
@@ -90,3 +91,38 @@ def assert_disjoint(groups: Mapping[str, Sequence[str]]) -> None:
             owner.setdefault(pid, group)
     if clashes:
         raise LeakageError(f"patients in more than one split: {', '.join(clashes[:10])}")
+
+
+def cross_validation_folds(
+    labels: pd.Series, k: int, seed: int, groups: pd.Series | None = None, val_fraction: float = 0.1
+) -> list[dict[str, list[str]]]:
+    """Stratified, patient-grouped K-fold (scikit-learn ``StratifiedGroupKFold``) with an inner validation split.
+
+    Fold ``i`` tests on the i-th part; the other parts are split again, stratified and grouped, into
+    train and val (``val_fraction`` of them) for early stopping, so validation never comes from the
+    test fold. Every sample is tested exactly once, and no patient is in two test folds or in two
+    splits of one fold (checked).
+
+    Raises:
+        DataError: fewer than 2 folds, or a class with fewer patients than folds.
+    """
+    if k < 2:
+        raise DataError(f"cross-validation needs at least 2 folds, got {k}")
+    patient_of = (
+        groups.reindex(labels.index).astype(str) if groups is not None else pd.Series(labels.index, labels.index)
+    )
+    per_class = labels.groupby(patient_of.values).first().value_counts()
+    small = {str(c): int(n) for c, n in per_class.items() if n < k}
+    if small:
+        raise DataError(f"cross-validation with {k} folds: class(es) with fewer patients than folds {small}")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = []
+    index = np.asarray(labels.index)
+    for train_positions, test_positions in splitter.split(np.zeros(len(labels)), labels.astype(str), patient_of):
+        rest = labels.iloc[train_positions]
+        inner = stratified_split(rest, {"train": 1 - val_fraction, "val": val_fraction, "test": 0.0}, seed, groups)
+        folds.append({"train": inner["train"], "val": inner["val"], "test": sorted(index[test_positions].tolist())})
+    for fold in folds:
+        assert_patients_disjoint(fold, groups)
+    assert_disjoint({f"fold {i}": [str(patient_of[s]) for s in fold["test"]] for i, fold in enumerate(folds)})
+    return folds
