@@ -33,9 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions (default: %(default)s)"
     )
     parser.add_argument(
+        "--cv", type=int, metavar="K", help="patient-grouped stratified K-fold cross-validation of every model"
+    )
+    parser.add_argument("--cv-repeats", type=int, default=1, metavar="R", help="repeat the K folds R times (seeds)")
+    parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
     args, rest = parser.parse_known_args(argv)
+    if args.cv is not None and args.cv < 2:
+        parser.error(f"--cv needs at least 2 folds, got {args.cv}")
+    if args.cv_repeats < 1:
+        parser.error(f"--cv-repeats must be >= 1, got {args.cv_repeats}")
     overrides = parse_overrides(parser, rest)
     if args.tracking_uri:
         overrides["tracking.tracking_uri"] = args.tracking_uri
@@ -50,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     try:
-        result = run_comparison(config, fusions)
+        result = run_comparison(config, fusions, cv=args.cv, cv_repeats=args.cv_repeats)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lightning_fusion.comparison_report import TABLE_METRICS, comparison_table, log_comparison, paired_tests
 from lightning_fusion.config import ConfigError, EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
+from lightning_fusion.crossval import fold_datamodule, plan_folds
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.ensembling import PROCEDURES, DecisionInputs
 from lightning_fusion.fusion import FUSIONS
@@ -75,6 +76,7 @@ class ComparisonResult:
     table: pd.DataFrame
     paired: pd.DataFrame  # each fusion against each unimodal model: McNemar and AUROC difference
     test_patients: int
+    cv: int | None = None  # K when the figures are pooled out-of-fold predictions
 
     def best(self, unimodal: bool = False) -> ComparedModel:
         """The model with the highest test balanced accuracy among the fusions (or the unimodal models)."""
@@ -151,8 +153,15 @@ def run_comparison(
     config: ExperimentConfig,
     fusions: Sequence[str] | str | None = None,
     progress: Callable[[str], None] = log.info,
+    cv: int | None = None,
+    cv_repeats: int = 1,
 ) -> ComparisonResult:
-    """Train and compare; returns the table (also logged to the parent run). See the module docstring."""
+    """Train and compare; returns the table (also logged to the parent run). See the module docstring.
+
+    With ``cv`` (K folds, patient-grouped and stratified, ``cv_repeats`` times), every model is trained
+    once per fold on the same folds; the table and the paired tests use the pooled out-of-fold
+    predictions of the first repeat (every patient tested once) and add the mean ± sd over folds.
+    """
     fusions = parse_fusions(fusions)
     modalities = list(config.model.modalities)
     if len(modalities) < 2:
@@ -163,64 +172,61 @@ def run_comparison(
             "data.keep_missing_modalities false (the unimodal models cannot predict a patient without their modality)"
         )
     config = _single_process(config)
-    plans: list[tuple[str, ExperimentConfig]] = [(m, unimodal_config(config, m)) for m in modalities]
+    plans = [(m, unimodal_config(config, m)) for m in modalities]
     trained = [(f, fusion_config(config, f)) for f in fusions if not is_procedure(f)]
     procedures = [f for f in fusions if is_procedure(f)]
 
-    datamodule = MultimodalDataModule(config.data, modalities)
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # bad input stops here: no run exists yet
-    classes = datamodule.classes
-    summary = datamodule.summary()
-    kinds = {m: s.kind for m, s in datamodule.specs.items()}
+    if cv:
+        _, folds = plan_folds(config, modalities, cv, cv_repeats)
+        datamodules = [fold_datamodule(config, modalities, folds[0])]  # bad input stops here: no run yet
+    else:
+        folds = [None]
+        datamodule = MultimodalDataModule(config.data, modalities)
+        datamodule.prepare_data()
+        datamodule.setup("fit")  # bad input stops here: no run exists yet
+        datamodules = [datamodule]
+    first = datamodules[0]
+    classes = first.classes
+    summary = first.summary()
     if "stacking" in procedures:  # before anything trains: the meta-learner must see every class
-        absent = [c for c, n in summary["counts"]["val"].items() if n == 0]
-        if absent:
-            raise ConfigError(
-                f"stacking: the validation split has no patient of class {absent} "
-                f"({summary['counts']['val']}); its meta-learner cannot learn them. Use a larger "
-                "data.split.val or leave stacking out of --fusions"
-            )
+        _check_stacking_classes([f.splits["val"] for f in folds] if cv else [first.splits["val"]], first, summary)
 
-    parent = create_run_logger(
-        config.tracking,
-        f"{config.name}-compare",
-        {
-            "lf.compare": "true",
-            "lf.dataset": summary["dataset"],
-            "lf.modalities": ",".join(modalities),
-            "lf.experiment": config.name,
-            "lf.fusions": ",".join(fusions),
-        },
-    )
-    models: list[ComparedModel] = []
+    tags = {
+        "lf.compare": "true",
+        "lf.dataset": summary["dataset"],
+        "lf.modalities": ",".join(modalities),
+        "lf.experiment": config.name,
+        "lf.fusions": ",".join(fusions),
+    } | ({"lf.cv": str(cv), "lf.cv_repeats": str(cv_repeats)} if cv else {})
+    parent = create_run_logger(config.tracking, f"{config.name}-compare" + (f"-cv{cv}" if cv else ""), tags)
+    per_fold: list[list[ComparedModel]] = []
     try:
-        parent.log_params(flatten(to_dict(config)) | {"compare.fusions": ",".join(fusions)})
+        parent.log_params(flatten(to_dict(config)) | {"compare.fusions": ",".join(fusions), "compare.cv": cv or 0})
         parent.log_text(to_yaml(config), "config.yaml")
         log_data_summary(parent, summary)
-        unimodal: dict[str, FitResult] = {}
-        for modality, child_config in plans:
-            name = f"{model_kind([kinds[modality]])} ({modality})"
-            progress(f"training {name} ...")
-            result = fit(
-                child_config, datamodule, parent.run_id, keep_predictions=True, run_name=_run_name(config, name)
+        for i, fold in enumerate(folds):
+            if fold is None:
+                datamodule, fold_tags, where = first, {}, ""
+            else:
+                datamodule = first if i == 0 else fold_datamodule(config, modalities, fold)
+                fold_tags = {"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)}
+                where = f" (repeat {fold.repeat} fold {fold.index + 1}/{cv})"
+            per_fold.append(
+                _compare_on_split(
+                    config, plans, trained, procedures, datamodule, parent.run_id, fold_tags, where, progress
+                )
             )
-            unimodal[name] = result
-            models.append(_trained_row(name, child_config, result, classes))
-        for fusion, child_config in trained:
-            name = f"fusion {fusion}"
-            progress(f"training {name} ...")
-            result = fit(
-                child_config, datamodule, parent.run_id, keep_predictions=True, run_name=_run_name(config, name)
-            )
-            models.append(_trained_row(name, child_config, result, classes))
-        for procedure in procedures:
-            progress(f"fitting {procedure} on {', '.join(unimodal)} ...")
-            models.append(_run_procedure(procedure, unimodal, config, datamodule, parent.run_id, summary))
+        if cv:
+            models = _pooled_models(per_fold, folds, classes, config)
+            test_patients = len(models[0].test.patient_ids)
+        else:
+            models = per_fold[0]
+            test_patients = len(first.splits["test"])
         table = comparison_table(models)
+        if cv:
+            table = _with_fold_spread(table, per_fold, folds)
         paired = paired_tests(models, config.evaluation)
-        test_patients = len(datamodule.splits["test"])
-        log_comparison(parent, table, paired, summary, config)
+        log_comparison(parent, table, paired, summary, config, test_patients, cv)
         parent.close("success")
     except BaseException:
         parent.close("failed")
@@ -233,7 +239,101 @@ def run_comparison(
         table=table,
         paired=paired,
         test_patients=test_patients,
+        cv=cv,
     )
+
+
+def _check_stacking_classes(val_splits: list[list[str]], datamodule: MultimodalDataModule, summary: dict) -> None:
+    labels = datamodule.cohort.labels
+    for val_ids in val_splits:
+        counts = {c: int((labels.loc[val_ids] == c).sum()) for c in datamodule.classes}
+        absent = [c for c, n in counts.items() if n == 0]
+        if absent:
+            raise ConfigError(
+                f"stacking: the validation split has no patient of class {absent} ({counts}); its meta-learner "
+                "cannot learn them. Use a larger data.split.val or leave stacking out of --fusions"
+            )
+
+
+def _compare_on_split(
+    config: ExperimentConfig,
+    plans: list[tuple[str, ExperimentConfig]],
+    trained: list[tuple[str, ExperimentConfig]],
+    procedures: list[str],
+    datamodule: MultimodalDataModule,
+    parent_run_id: str | None,
+    fold_tags: dict[str, str],
+    where: str,
+    progress: Callable[[str], None],
+) -> list[ComparedModel]:
+    """The unimodal models, the trained fusions and the procedures on one split, as child runs."""
+    classes = datamodule.classes
+    summary = datamodule.summary()
+    kinds = {m: s.kind for m, s in datamodule.specs.items()}
+    suffix = f"-r{fold_tags['lf.repeat']}-fold{fold_tags['lf.fold']}" if fold_tags else ""
+    models: list[ComparedModel] = []
+    unimodal: dict[str, FitResult] = {}
+    for name, child_config in [(f"{model_kind([kinds[m]])} ({m})", c) for m, c in plans] + [
+        (f"fusion {f}", c) for f, c in trained
+    ]:
+        progress(f"training {name}{where} ...")
+        result = fit(
+            child_config,
+            datamodule,
+            parent_run_id,
+            keep_predictions=True,
+            run_name=_run_name(config, name) + suffix,
+            extra_tags=fold_tags,
+        )
+        if result.tags["lf.model_kind"] != "fusion":
+            unimodal[name] = result
+        models.append(_trained_row(name, child_config, result, classes))
+    for procedure in procedures:
+        progress(f"fitting {procedure} on {', '.join(unimodal)}{where} ...")
+        models.append(
+            _run_procedure(procedure, unimodal, config, datamodule, parent_run_id, summary, fold_tags, suffix)
+        )
+    return models
+
+
+def _pooled_models(
+    per_fold: list[list[ComparedModel]], folds: list, classes: list[str], config: ExperimentConfig
+) -> list[ComparedModel]:
+    """One row per model from the first repeat's out-of-fold predictions (every patient tested once)."""
+    first_repeat = [models for models, fold in zip(per_fold, folds) if fold.repeat == 0]
+    pooled = []
+    for position, template in enumerate(first_repeat[0]):
+        parts = [models[position].test for models in first_repeat]
+        ids = np.concatenate([p.patient_ids for p in parts])
+        order = np.argsort(ids, kind="stable")
+        test = Predictions(
+            ids[order],
+            np.concatenate([p.labels for p in parts])[order],
+            np.concatenate([p.probs for p in parts])[order],
+        )
+        pooled.append(
+            ComparedModel(
+                name=template.name,
+                kind=template.kind,
+                fusion=template.fusion,
+                modalities=template.modalities,
+                how=template.how.split(" on ")[0] if template.how != "trained" else "trained",
+                run_id=f"{len(per_fold)} fold runs",
+                seconds=sum(models[position].seconds for models in per_fold),
+                **_table_metrics(test, classes, config.evaluation),
+            )
+        )
+    return pooled
+
+
+def _with_fold_spread(table: pd.DataFrame, per_fold: list[list[ComparedModel]], folds: list) -> pd.DataFrame:
+    """Add the mean ± sd over fold models of balanced accuracy and AUROC."""
+    table = table.copy()
+    for metric in ("balanced_accuracy", "auroc"):
+        values = np.array([[m.metrics[metric] for m in models] for models in per_fold])  # (folds, models)
+        table[f"{metric}_fold_mean"] = values.mean(axis=0).round(4)
+        table[f"{metric}_fold_sd"] = (values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(table))).round(4)
+    return table
 
 
 def _run_name(config: ExperimentConfig, model_name: str) -> str:
@@ -274,6 +374,8 @@ def _run_procedure(
     datamodule: MultimodalDataModule,
     parent_run_id: str | None,
     summary: dict[str, Any],
+    fold_tags: dict[str, str] | None = None,
+    suffix: str = "",
 ) -> ComparedModel:
     """Apply a decision-level procedure to the unimodal models' predictions; record it as a child run."""
     started = time.perf_counter()
@@ -309,11 +411,11 @@ def _run_procedure(
         "lf.dataset": summary["dataset"],
         "lf.modalities": ",".join(modalities),
         "lf.experiment": config.name,
-    }
+    } | (fold_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     name = f"fusion {procedure}"
-    logger = create_run_logger(config.tracking, _run_name(config, name), tags)
+    logger = create_run_logger(config.tracking, _run_name(config, name) + suffix, tags)
     try:
         meta = PROCEDURES.metadata(procedure)
         logger.log_params({"procedure": procedure, "fitted_on": meta["fitted_on"], "base_models": ",".join(base_runs)})

@@ -106,6 +106,11 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             ]
         else:
             shown[metric] = table[metric].round(3)
+    for metric in ("balanced_accuracy", "auroc"):
+        if f"{metric}_fold_mean" in table:
+            shown[f"{metric} folds"] = [
+                f"{m:.3f} ± {sd:.3f}" for m, sd in zip(table[f"{metric}_fold_mean"], table[f"{metric}_fold_sd"])
+            ]
     shown["seconds"] = table["seconds"]
     shown["run_id"] = table["run_id"]
     return shown
@@ -164,10 +169,15 @@ def comparison_figure(table: pd.DataFrame, test_patients: int):
 
 
 def log_comparison(
-    parent: RunLogger, table: pd.DataFrame, paired: pd.DataFrame, summary: dict[str, Any], config: ExperimentConfig
+    parent: RunLogger,
+    table: pd.DataFrame,
+    paired: pd.DataFrame,
+    summary: dict[str, Any],
+    config: ExperimentConfig,
+    test_patients: int,
+    cv: int | None = None,
 ) -> None:
     """The parent run's artifacts: tables (markdown + CSV), chart, per-model metrics and ``report.html``."""
-    test_patients = sum(summary["counts"]["test"].values())
     shown = display_table(table)
     parent.log_text(markdown_table(shown), "comparison.md")
     parent.log_frame_csv(table, "comparison.csv")
@@ -185,12 +195,18 @@ def log_comparison(
             for metric in TABLE_METRICS
         }
     )
+    scope = (
+        f"the pooled out-of-fold predictions of {cv}-fold cross-validation ({test_patients} patients, each tested "
+        "once by a model that never saw them; the fold columns give the spread of the fold models)"
+        if cv
+        else f"the {test_patients} test patients of one split, one training seed (retraining variation is not in "
+        "these intervals)"
+    )
     note = (
-        f"<p class='note'>Intervals: {config.evaluation.confidence:.0%} stratified bootstrap over the "
-        f"{test_patients} test patients ({config.evaluation.bootstrap_resamples} resamples). Paired tests compare "
-        "each fusion with each unimodal model on the same patients; p-values are Holm-adjusted over all those "
-        f"tests, and 'significant' means an adjusted p below {ALPHA}. One split and one training seed: "
-        "retraining variation is not in these intervals.</p>"
+        f"<p class='note'>Figures from {scope}. Intervals: {config.evaluation.confidence:.0%} stratified bootstrap "
+        f"({config.evaluation.bootstrap_resamples} resamples). Paired tests compare each fusion with each unimodal "
+        "model on the same patients; p-values are Holm-adjusted over all those tests, and 'significant' means an "
+        f"adjusted p below {ALPHA}.</p>"
     )
     report = render_report(
         f"{config.name}: CNN vs ANN vs fusion",
@@ -212,8 +228,9 @@ def verdict(result: ComparisonResult) -> str:
     ahead = fusion.metrics["balanced_accuracy"] > unimodal.metrics["balanced_accuracy"]
     line = (
         f"best fusion: {fusion.name} {fusion.intervals['balanced_accuracy']} vs best unimodal: {unimodal.name} "
-        f"{unimodal.intervals['balanced_accuracy']} test balanced accuracy on {result.test_patients} test patients: "
-        f"{'fusion ahead' if ahead else 'fusion NOT ahead'}"
+        f"{unimodal.intervals['balanced_accuracy']} test balanced accuracy on {result.test_patients} "
+        + ("patients, pooled out-of-fold: " if result.cv else "test patients: ")
+        + ("fusion ahead" if ahead else "fusion NOT ahead")
     )
     paired = result.paired
     row = paired[(paired["model"] == fusion.name) & (paired["versus"] == unimodal.name)] if len(paired) else paired
