@@ -252,3 +252,15 @@ def test_mpi_labels_table_problems_name_the_patient(small_cohort):
     frame.drop(index=3).assign(label=lambda f: f["label"].str.lower()).to_csv(small_cohort / "labels.csv", index=False)
     summary = _datamodule(small_cohort, **{"data.reader": reader}).summary()
     assert summary["excluded_patients"]["no label"] == [pid]  # a folder without a label row is reported
+
+
+def test_augmentation_is_train_only_and_recorded(small_cohort):
+    datamodule = _datamodule(small_cohort)
+    assert datamodule.datasets["train"].image_transform is not None
+    assert datamodule.datasets["val"].image_transform is None and datamodule.datasets["test"].image_transform is None
+    record = datamodule.summary()["augmentation"]
+    assert record == {
+        "applies_to": "train",
+        "augmented_patients": len(datamodule.splits["train"]),
+        "added_synthetic_samples": 0,
+    }

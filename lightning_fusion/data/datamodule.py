@@ -176,6 +176,12 @@ class MultimodalDataModule(L.LightningDataModule):
             },
             "excluded_patients": self.join.excluded,
             "class_weights": dict(zip(self.cohort.classes, self.class_weights)),
+            # augmentation is drawn on the fly for training samples only; no sample is added to any split
+            "augmentation": {
+                "applies_to": "train" if self.config.augment.enabled else "none",
+                "augmented_patients": len(self.splits["train"]) if self.config.augment.enabled else 0,
+                "added_synthetic_samples": 0,
+            },
             "preprocessing": {m: p.summary() for m, p in self.preprocessors.items()},
             "splits": self.splits,
         }
