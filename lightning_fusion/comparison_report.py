@@ -36,10 +36,10 @@ def comparison_table(models: Sequence[ComparedModel]) -> pd.DataFrame:
     for m in models:
         row: dict[str, Any] = {"model": m.name, "kind": m.kind, "fusion": m.fusion, "how": m.how}
         for metric in TABLE_METRICS:
-            row[metric] = round(m.metrics[metric], 4)
+            row[metric] = m.metrics[metric]
             if metric in m.intervals:
-                row[f"{metric}_ci_low"] = round(m.intervals[metric].low, 4)
-                row[f"{metric}_ci_high"] = round(m.intervals[metric].high, 4)
+                row[f"{metric}_ci_low"] = m.intervals[metric].low
+                row[f"{metric}_ci_high"] = m.intervals[metric].high
         rows.append(row | {"seconds": round(m.seconds, 1), "run_id": m.run_id})
     return pd.DataFrame(rows)
 
@@ -82,7 +82,10 @@ def paired_tests(models: Sequence[ComparedModel], evaluation: EvaluationConfig) 
     if len(table):
         table["mcnemar_p_holm"] = holm_adjust(table["mcnemar_p"].tolist())
         table["auroc_p_holm"] = holm_adjust(table["auroc_p"].tolist())
-        table["significant"] = (table["mcnemar_p_holm"] < ALPHA) | (table["auroc_p_holm"] < ALPHA)
+        mcnemar, auroc = table["mcnemar_p_holm"] < ALPHA, table["auroc_p_holm"] < ALPHA
+        table["significant"] = [
+            "both" if a and b else "McNemar" if a else "AUROC" if b else "no" for a, b in zip(mcnemar, auroc)
+        ]
     return table
 
 
@@ -111,7 +114,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             shown[f"{metric} folds"] = [
                 f"{m:.3f} ± {sd:.3f}" for m, sd in zip(table[f"{metric}_fold_mean"], table[f"{metric}_fold_sd"])
             ]
-    shown["seconds"] = table["seconds"]
+    shown["seconds"] = [f"{v:.1f}" for v in table["seconds"]]
     shown["run_id"] = table["run_id"]
     return shown
 
@@ -143,7 +146,7 @@ def display_paired(paired: pd.DataFrame) -> pd.DataFrame:
                     paired["auroc_p_holm"],
                 )
             ],
-            "significant": ["yes" if s else "no" for s in paired["significant"]],
+            "significant (Holm p < 0.05)": paired["significant"],
         }
     )
 
@@ -239,7 +242,11 @@ def verdict(result: ComparisonResult) -> str:
         line += (
             f"; McNemar p={row['mcnemar_p']:.3f} (Holm {row['mcnemar_p_holm']:.3f}), Δ AUROC {row['auroc_diff']:+.3f} "
             f"[{row['auroc_diff_ci_low']:+.3f}, {row['auroc_diff_ci_high']:+.3f}] -> "
-            + ("significant" if row["significant"] else "not significant at this test-set size")
+            + (
+                f"significant ({row['significant']})"
+                if row["significant"] != "no"
+                else "not significant at this test-set size"
+            )
         )
     return line
 
