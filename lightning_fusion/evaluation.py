@@ -25,7 +25,13 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from lightning_fusion.config import EvaluationConfig
-from lightning_fusion.stats import Interval, bootstrap_intervals, brier_score, expected_calibration_error
+from lightning_fusion.stats import (
+    Interval,
+    bootstrap_intervals,
+    brier_score,
+    exact_accuracy_interval,
+    expected_calibration_error,
+)
 from lightning_fusion.stats.calibration import apply_temperature, fit_temperature, reliability_bins
 
 
@@ -39,6 +45,7 @@ class Evaluation:
     reliability: dict[str, list[float]]
     curves: dict[str, dict[str, dict[str, list[float]]]]  # roc|pr → class → points
     n_test: int
+    exact_accuracy: Interval | None = None  # Clopper–Pearson: informative even when every patient is right
     temperature: float | None = None
     calibrated: dict[str, float] = field(default_factory=dict)  # ece, brier after temperature scaling
 
@@ -47,6 +54,9 @@ class Evaluation:
         for name, interval in self.intervals.items():
             values[f"{stage}/{name}_ci_low"] = interval.low
             values[f"{stage}/{name}_ci_high"] = interval.high
+        if self.exact_accuracy is not None:
+            values[f"{stage}/accuracy_exact_ci_low"] = self.exact_accuracy.low
+            values[f"{stage}/accuracy_exact_ci_high"] = self.exact_accuracy.high
         values[f"{stage}/ece"] = self.ece
         values[f"{stage}/brier"] = self.brier
         if self.temperature is not None:
@@ -78,6 +88,7 @@ def evaluate(
         reliability={k: np.nan_to_num(v, nan=-1.0).tolist() for k, v in bins.items()},
         curves=_curves(labels, probs, classes),
         n_test=len(labels),
+        exact_accuracy=exact_accuracy_interval(labels, probs.argmax(axis=1), config.confidence),
     )
     if config.temperature_scaling:
         if val is None:

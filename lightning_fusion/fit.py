@@ -135,6 +135,13 @@ def _print_summary(result) -> None:
         return f"{name} {metrics[f'test/{name}']:.3f}{interval}"
 
     print("test  " + "  ".join(shown(n) for n in names if f"test/{n}" in metrics))
+    collapsed = [n for n in names if metrics.get(f"test/{n}_ci_low", 0) == metrics.get(f"test/{n}_ci_high", 1)]
+    if collapsed and "test/accuracy_exact_ci_low" in metrics:
+        print(
+            f"      {', '.join(collapsed)}: every resample scores the same, so the bootstrap interval collapses; "
+            f"exact binomial interval for accuracy [{metrics['test/accuracy_exact_ci_low']:.3f}, "
+            f"{metrics['test/accuracy_exact_ci_high']:.3f}]"
+        )
     if "test/ece" in metrics:
         print(
             f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "

@@ -293,7 +293,8 @@ def log_tested_model(
         test.labels, test.probs, classes, evaluation, (val.labels, val.probs) if val is not None else None
     )
     images |= log_evaluation(logger, result)
-    other = {"ECE": result.ece, "Brier": result.brier} | (
+    other: dict[str, Any] = {"accuracy, exact binomial (Clopper-Pearson)": result.exact_accuracy}
+    other |= {"ECE": result.ece, "Brier": result.brier} | (
         {"temperature (fitted on val)": result.temperature}
         | {f"{k} after temperature": v for k, v in result.calibrated.items()}
         if result.temperature is not None

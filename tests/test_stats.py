@@ -123,3 +123,15 @@ def test_holm_adjustment_by_hand():
     # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, 0.04, 0.04 (monotone), back in input order
     assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_exact_accuracy_interval_stays_informative_when_every_patient_is_right():
+    from lightning_fusion.stats import exact_accuracy_interval
+
+    labels = np.arange(30) % 3
+    perfect = np.eye(3)[labels]
+    assert bootstrap_intervals(labels, perfect)["accuracy"].low == 1.0  # the bootstrap collapses ...
+    exact = exact_accuracy_interval(labels, labels)
+    assert exact.value == 1.0 and exact.high == 1.0
+    assert exact.low == pytest.approx(0.025 ** (1 / 30), abs=1e-6)  # ... Clopper-Pearson: (alpha/2)^(1/n) = 0.884
+    assert exact_accuracy_interval(np.zeros(10), np.r_[np.zeros(7), np.ones(3)]).low == pytest.approx(0.3475, abs=1e-4)

@@ -4,7 +4,7 @@ Pure numpy / scipy / scikit-learn functions of labels ``(N,)`` and class probabi
 the Lightning and MLflow glue lives in :mod:`lightning_fusion.evaluation`.
 """
 
-from lightning_fusion.stats.bootstrap import Interval, bootstrap_intervals, point_metrics
+from lightning_fusion.stats.bootstrap import Interval, bootstrap_intervals, exact_accuracy_interval, point_metrics
 from lightning_fusion.stats.calibration import brier_score, expected_calibration_error, fit_temperature
 from lightning_fusion.stats.paired import (
     McNemarResult,
@@ -20,6 +20,7 @@ __all__ = [
     "PairedDifference",
     "bootstrap_intervals",
     "brier_score",
+    "exact_accuracy_interval",
     "expected_calibration_error",
     "fit_temperature",
     "holm_adjust",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc")
 
@@ -116,3 +116,16 @@ def bootstrap_intervals(
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
         intervals[name] = Interval(point[name], float(low), float(high), confidence)
     return intervals
+
+
+def exact_accuracy_interval(labels: np.ndarray, predicted: np.ndarray, confidence: float = 0.95) -> Interval:
+    """Clopper–Pearson interval of accuracy as a binomial proportion (``scipy.stats.binomtest``).
+
+    It stays informative where the bootstrap cannot: with every test patient right (or wrong) each
+    resample scores the same and the percentile interval collapses to a point, while 30/30 correct
+    still only bounds the accuracy above 0.884.
+    """
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    correct = int((labels == predicted).sum())
+    ci = binomtest(correct, len(labels)).proportion_ci(confidence_level=confidence, method="exact")
+    return Interval(correct / len(labels), float(ci.low), float(ci.high), confidence)
