@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from sklearn.metrics import confusion_matrix
 
 from lightning_fusion.callbacks import BackboneWarmup
@@ -76,6 +76,7 @@ class FitResult:
     # with keep_predictions: the best checkpoint's probabilities on "val" and "test"
     predictions: dict[str, Predictions] | None = None
     seconds: float = 0.0
+    epochs: int = 0  # epochs trained
 
 
 def model_kind(kinds: list[str]) -> str:
@@ -114,7 +115,11 @@ def warmup_epochs(model: ModelConfig | None) -> int:
 
 
 def build_trainer(
-    trainer: TrainerConfig, logger: RunLogger, checkpoint_dir: Path, model: ModelConfig | None = None
+    trainer: TrainerConfig,
+    logger: RunLogger,
+    checkpoint_dir: Path,
+    model: ModelConfig | None = None,
+    extra_callbacks: list[Callback] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Lightning Trainer; with ``model``, a backbone warm-up adds :class:`BackboneWarmup`.
 
@@ -137,6 +142,7 @@ def build_trainer(
     warmup = warmup_epochs(model)
     if warmup > 0:  # before LearningRateMonitor, which logs the new parameter group in the same epoch-start hook
         callbacks.insert(0, BackboneWarmup())
+    callbacks += extra_callbacks or []
     return (
         L.Trainer(
             max_epochs=trainer.max_epochs,
@@ -167,6 +173,8 @@ def fit(
     keep_predictions: bool = False,
     run_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    callbacks: list[Callback] | None = None,
+    run_test: bool = True,
 ) -> FitResult:
     """Train, test on the best checkpoint, and record everything in one MLflow run.
 
@@ -177,6 +185,9 @@ def fit(
         parent_run_id: record the run as a child of this MLflow run (tag ``mlflow.parentRunId``).
         keep_predictions: also return the best checkpoint's validation and test probabilities
             (one process only).
+        callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
+        run_test: ``False`` stops after training and validation (sweep trials: tuning never looks
+            at the test set); the run then holds validation metrics and the best checkpoint only.
     """
     started = time.perf_counter()
     L.seed_everything(config.seed, workers=True)
@@ -206,9 +217,26 @@ def fit(
     try:
         logger.log_params(flatten(to_dict(config)))
         logger.log_text(to_yaml(config), "config.yaml")
-        trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model)
+        trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model, callbacks)
         trainer.fit(module, datamodule=datamodule)
         best = checkpoint.best_model_path
+        if not run_test:
+            if trainer.is_global_zero:
+                log_data_summary(logger, summary)
+                if best and config.tracking.log_checkpoint:
+                    logger.log_file(best, "checkpoints")
+            logger.close("success")
+            return FitResult(
+                run_id=logger.run_id or "",
+                experiment_id=logger.experiment_id,
+                tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
+                test_metrics={},
+                best_checkpoint=Path(best).name if best else "",
+                data_summary=summary,
+                tags=tags,
+                seconds=time.perf_counter() - started,
+                epochs=trainer.current_epoch,
+            )
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if keep_predictions or config.evaluation.temperature_scaling:  # every process (predict is collective)
@@ -245,6 +273,7 @@ def fit(
         tags=tags,
         predictions=predictions,
         seconds=time.perf_counter() - started,
+        epochs=trainer.current_epoch,
     )
 
 
