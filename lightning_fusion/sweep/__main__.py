@@ -1,0 +1,98 @@
+"""``python -m lightning_fusion.sweep ablations/X.yaml [--n-trials N] [--storage URL] [--workers K] ...``
+
+Runs (or resumes) an Optuna study from a study file; see :mod:`lightning_fusion.sweep.study` for the
+file and :mod:`lightning_fusion.sweep.runner` for storage, pruning and MLflow. ``--workers K`` starts K
+worker processes on this machine against the same storage (each on its own GPU when there are K);
+workers on other machines join with the same ``--storage`` and ``--study-name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from lightning_fusion.config import ConfigError
+from lightning_fusion.fit import log_to_stderr
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_fusion.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="study file, e.g. ablations/hparams.yaml")
+    parser.add_argument("--n-trials", type=int, help="total finished trials wanted (default: the file's trials)")
+    parser.add_argument("--storage", help="Optuna storage: a .journal file or an SQLAlchemy URL (postgresql://...)")
+    parser.add_argument("--study-name", help="default: the study file's name")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: the experiment's, else sqlite:///mlflow.db)"
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:
+        parser.error(f"--n-trials must be >= 1, got {args.n_trials}")
+    log_to_stderr()
+    from mlflow.tracking import MlflowClient
+
+    from lightning_fusion.sweep.report import log_report
+    from lightning_fusion.sweep.runner import prepare, run_sweep
+    from lightning_fusion.sweep.study import load_study
+
+    try:
+        study = load_study(args.study)
+        prepared = prepare(study, args.storage, args.study_name, args.n_trials, args.tracking_uri)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    name = prepared.optuna_study.study_name
+    if args.workers > 1:
+        code = _run_workers(args, name, prepared.tracking_uri, prepared.storage_url)
+    else:
+        run_sweep(study, args.storage, name, args.n_trials, prepared.tracking_uri)
+        code = 0
+    study_state = prepared.optuna_study  # re-read: other workers wrote trials too
+    print(log_report(MlflowClient(prepared.tracking_uri), prepared.parent_id, _reload(study_state), study), end="")
+    print(f"MLflow parent run {prepared.parent_id} in {prepared.tracking_uri}; Optuna storage: {prepared.storage}")
+    return code
+
+
+def _reload(study):
+    import optuna
+
+    return optuna.load_study(study_name=study.study_name, storage=study._storage)
+
+
+def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage_url: str) -> int:
+    """K worker processes, the same command with --workers 1; one GPU each when there are K."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_fusion.sweep",
+        args.study,
+        "--study-name",
+        name,
+        "--storage",
+        storage_url,
+        "--tracking-uri",
+        tracking_uri,
+    ]
+    if args.n_trials:
+        command += ["--n-trials", str(args.n_trials)]
+    processes = []
+    for worker in range(args.workers):
+        env = dict(os.environ)
+        if gpus >= args.workers:
+            env["CUDA_VISIBLE_DEVICES"] = str(worker)
+        processes.append(subprocess.Popen(command, env=env))
+    codes = [p.wait() for p in processes]
+    return max(codes)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())

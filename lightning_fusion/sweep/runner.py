@@ -1,0 +1,287 @@
+"""Running a study: Optuna's define-by-run loop around :func:`~lightning_fusion.training.fit`.
+
+Each trial samples its parameters (:func:`~lightning_fusion.sweep.study.sample`), composes the
+experiment, trains with ``optuna_integration.PyTorchLightningPruningCallback`` on the study metric and
+returns the best validation value of that metric over its epochs. A trial never runs the test set
+(``fit(run_test=False)``): tuning sees validation only, and the chosen configuration is tested once,
+afterwards, with ``fit``. An exception or a non-finite value fails that trial; the study goes on.
+
+Storage: by default an Optuna journal file beside the MLflow store (``optuna.journal`` next to
+``mlflow.db``), which several processes on one machine can share; any SQLAlchemy URL (e.g.
+``postgresql://...``) for many machines, with heartbeats so a killed worker's trial is marked failed
+and retried (``RetryFailedTrialCallback``). Re-running the same command resumes: ``trials`` is a
+total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback``.
+
+MLflow: one parent run per study (tag ``lf.sweep=<study name>``, found again on resume) and a child
+run per trial (tags ``optuna.trial``, ``optuna.state``; the trial's parameters as params
+``trial.<path>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from lightning_fusion.sweep.study import Study, grid_space, sample
+from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class BestMetric(L.Callback):
+    """The best value of ``monitor`` over the validation epochs of one fit (sanity check excluded)."""
+
+    def __init__(self, monitor: str, direction: str) -> None:
+        self.monitor, self.maximize = monitor, direction == "maximize"
+        self.best: float | None = None
+        self.epochs = 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(f"study metric {self.monitor!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
+        value = float(value)
+        self.epochs = trainer.current_epoch + 1
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{self.monitor} is {value} at epoch {trainer.current_epoch}")
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best = value
+
+
+def default_storage_path(tracking_uri: str) -> Path:
+    """``optuna.journal`` beside a local SQLite MLflow store; in the working directory otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "optuna.journal"
+    return Path("optuna.journal").resolve()
+
+
+def open_storage(url: str | None, tracking_uri: str) -> tuple[Any, str, str]:
+    """The Optuna storage for ``url`` (journal file by default), a printable description, and the URL."""
+    if url is None or url.endswith(".journal") or url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:")) if url else default_storage_path(tracking_uri)
+        path = path.expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path))), f"journal file {path}", str(path)
+    storage = RDBStorage(
+        url,
+        heartbeat_interval=30,
+        grace_period=90,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        engine_kwargs={"pool_pre_ping": True},
+    )
+    return storage, url.split("@")[-1] if "@" in url else url, url  # no password in messages
+
+
+def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
+    spec = study.spec.sampler
+    if spec.name == "grid":
+        return optuna.samplers.GridSampler(grid_space(study.spec), seed=spec.seed)
+    if spec.name == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def build_pruner(study: Study) -> optuna.pruners.BasePruner:
+    spec = study.spec.pruner
+    if spec.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.n_warmup_steps)
+    if spec.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class SweepResult:
+    study: optuna.Study
+    parent_run_id: str
+    tracking_uri: str
+    storage: str
+
+
+@dataclass
+class Prepared:
+    """A created (or loaded) study with its storage and parent run: what workers share."""
+
+    optuna_study: optuna.Study
+    parent_id: str
+    tracking_uri: str
+    storage: str
+    total: int
+    storage_url: str
+
+
+def prepare(
+    study: Study,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    tracking_uri: str | None = None,
+) -> Prepared:
+    """Create or load the Optuna study and find or create its MLflow parent run."""
+    name = study_name or study.name
+    base = study.compose({})
+    uri = resolve_tracking_uri(tracking_uri or base.tracking.tracking_uri)
+    storage, where, resolved = open_storage(storage_url, uri)
+    optuna_study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction=study.spec.direction,
+        sampler=build_sampler(study),
+        pruner=build_pruner(study),
+    )
+    parent = _parent_run(base, name, uri, study)
+    return Prepared(optuna_study, parent, uri, where, n_trials or study.spec.trials, resolved)
+
+
+def run_sweep(
+    study: Study,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    tracking_uri: str | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> SweepResult:
+    """Run (or resume) the study until it holds ``n_trials`` (default: the file's ``trials``) finished trials."""
+    prepared = prepare(study, storage_url, study_name, n_trials, tracking_uri)
+    optuna_study, total = prepared.optuna_study, prepared.total
+    finished = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    progress(f"study {optuna_study.study_name!r} in {prepared.storage}: {finished} of {total} trials finished")
+    objective = _objective(study, optuna_study.study_name, prepared.parent_id, prepared.tracking_uri, progress)
+    while finished < total:  # failed trials do not count: run more until the total is reached
+        optuna_study.optimize(
+            objective,
+            n_trials=total - finished,
+            callbacks=[MaxTrialsCallback(total, states=FINISHED_STATES)],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+        now = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        if now == finished:
+            progress(f"study {optuna_study.study_name!r}: every trial of the last round failed; stopping")
+            break
+        finished = now
+    return SweepResult(optuna_study, prepared.parent_id, prepared.tracking_uri, prepared.storage)
+
+
+def _parent_run(base, name: str, uri: str, study: Study) -> str:
+    """The study's parent run: found by tag ``lf.sweep`` (resume, other workers) or created."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(base.tracking.experiment)
+    if experiment is not None:
+        found = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`lf.sweep` = '{name}' and tags.`lf.sweep_parent` = 'true'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+    logger = create_run_logger(
+        dataclasses.replace(base.tracking, tracking_uri=uri),
+        f"sweep-{name}",
+        {"lf.sweep": name, "lf.sweep_parent": "true", "lf.experiment": base.name, "lf.study_file": str(study.path)},
+    )
+    logger.log_params(
+        {
+            "study.metric": study.spec.metric,
+            "study.direction": study.spec.direction,
+            "study.trials": study.spec.trials,
+            "study.sampler": study.spec.sampler.name,
+            "study.pruner": study.spec.pruner.name,
+            "study.space": {k: vars(v) for k, v in study.spec.space.items()},
+        }
+    )
+    logger.log_text(study.path.read_text(), "study.yaml")
+    return logger.run_id or ""
+
+
+def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Callable[[str], None]):
+    spec = study.spec
+    client = MlflowClient(uri)
+
+    def objective(trial: optuna.Trial) -> float:
+        from lightning_fusion.training import fit  # heavy import only when a trial runs
+
+        params = sample(trial, spec)
+        config = study.compose(params, {"tracking.tracking_uri": uri})
+        progress(f"trial {trial.number}: {params}")
+        best = BestMetric(spec.metric, spec.direction)
+        callbacks: list[L.Callback] = [best]
+        if spec.pruner.name != "none":
+            callbacks.append(PyTorchLightningPruningCallback(trial, spec.metric))
+        tags = {"lf.sweep": name, "optuna.trial": str(trial.number), "optuna.study": name}
+        try:
+            result = fit(
+                config,
+                parent_run_id=parent_id,
+                extra_tags=tags,
+                callbacks=callbacks,
+                run_test=False,
+                run_name=f"{name}-trial{trial.number}",
+            )
+        except optuna.TrialPruned:
+            _mark(client, parent_id, trial.number, "PRUNED", params, best)
+            raise
+        except BaseException:
+            _mark(client, parent_id, trial.number, "FAIL", params, best)
+            raise
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("epochs", best.epochs)
+        if best.best is None:
+            _mark(client, parent_id, trial.number, "FAIL", params, best)
+            raise ValueError(f"trial {trial.number}: no value of {spec.metric} was logged")
+        _mark(client, parent_id, trial.number, "COMPLETE", params, best, run_id=result.run_id)
+        return best.best
+
+    return objective
+
+
+def _mark(
+    client: MlflowClient,
+    parent_id: str,
+    number: int,
+    state: str,
+    params: dict[str, Any],
+    best: BestMetric,
+    run_id: str | None = None,
+) -> None:
+    """Tag the trial's child run with its Optuna state and parameters (a pruned run ends KILLED)."""
+    if run_id is None:
+        parent = client.get_run(parent_id)
+        runs = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`optuna.trial` = '{number}'",
+            max_results=1,
+        )
+        if not runs:
+            return  # the trial failed before its run existed (e.g. a config error)
+        run_id = runs[0].info.run_id
+    client.set_tag(run_id, "optuna.state", state)
+    for path, value in params.items():
+        client.log_param(run_id, f"trial.{path}", value)
+    client.log_metric(run_id, "trial/epochs", best.epochs)
+    if best.best is not None:
+        client.log_metric(run_id, "trial/best_value", best.best)
+    if state == "PRUNED":
+        client.set_terminated(run_id, "KILLED")
+
+
+__all__ = ["BestMetric", "SweepResult", "open_storage", "prepare", "run_sweep"]
