@@ -12,9 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lightning_fusion.config import ConfigError, load_config
-from lightning_fusion.data.cohort import DataError
-from lightning_fusion.fit import log_to_stderr, parse_overrides
+from lightning_fusion.cli import add_run_arguments, log_to_stderr, parse_run_args, run_reporting_input_errors
+from lightning_fusion.config import load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,42 +31,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions (default: %(default)s)"
     )
-    parser.add_argument(
-        "--cv", type=int, metavar="K", help="patient-grouped stratified K-fold cross-validation of every model"
-    )
-    parser.add_argument("--cv-repeats", type=int, default=1, metavar="R", help="repeat the K folds R times (seeds)")
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-    )
-    args, rest = parser.parse_known_args(argv)
-    if args.cv is not None and args.cv < 2:
-        parser.error(f"--cv needs at least 2 folds, got {args.cv}")
-    if args.cv_repeats < 1:
-        parser.error(f"--cv-repeats must be >= 1, got {args.cv_repeats}")
-    overrides = parse_overrides(parser, rest)
-    if args.tracking_uri:
-        overrides["tracking.tracking_uri"] = args.tracking_uri
+    add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation of every model")
+    args, overrides = parse_run_args(parser, argv)
     log_to_stderr()
     from lightning_fusion.comparison import parse_fusions, run_comparison  # heavy imports only when running
-    from lightning_fusion.encoders.image import PretrainedWeightsError
 
-    try:
-        config = load_config(args.config, overrides)
-        fusions = parse_fusions(args.fusions)
-    except (ConfigError, KeyError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = run_comparison(config, fusions, cv=args.cv, cv_repeats=args.cv_repeats)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 2
-    except PretrainedWeightsError as err:
-        print(f"weights error: {err}", file=sys.stderr)
-        return 2
+    code, result = run_reporting_input_errors(
+        lambda: run_comparison(
+            load_config(args.config, overrides), parse_fusions(args.fusions), cv=args.cv, cv_repeats=args.cv_repeats
+        )
+    )
+    if result is None:
+        return code
     _print_result(result)
     return 0
 

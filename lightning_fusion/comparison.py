@@ -349,7 +349,11 @@ def _table_metrics(predictions: Predictions, classes: list[str], evaluation: Eva
         evaluation.bootstrap_seed,
         evaluation.confidence,
     )
-    metrics = {name: values["test/loss" if name == "nll" else f"test/{name}"] for name in TABLE_METRICS}
+    # the point estimates that the intervals are built around (the same definitions as the logged torchmetrics)
+    metrics = {
+        name: intervals[name].value if name in intervals else values[f"test/{name}"] for name in TABLE_METRICS[:-1]
+    }
+    metrics["nll"] = values["test/loss"]
     return {"metrics": metrics, "intervals": intervals, "test": predictions}
 
 

@@ -159,7 +159,7 @@ def comparison_figure(table: pd.DataFrame, test_patients: int):
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):
         values = table[metric].to_numpy()
-        errors = np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values])
+        errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
         bars = axes.bar(x + (i - 1) * width, values, width, label=metric, yerr=errors, capsize=2)
         axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1, label_type="center")
     axes.set_xticks(x, table["model"], rotation=25, ha="right")

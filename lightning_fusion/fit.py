@@ -7,14 +7,13 @@ image + clinical fusion model on it, recording the run in MLflow.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_fusion.config import ConfigError, load_config, parse_override_value, to_yaml
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.cli import add_run_arguments, log_to_stderr, parse_run_args, run_reporting_input_errors
+from lightning_fusion.config import load_config, to_yaml
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
@@ -26,85 +25,32 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     )
     parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument(
-        "--cv", type=int, metavar="K", help="patient-grouped stratified K-fold cross-validation instead of one split"
-    )
-    parser.add_argument("--cv-repeats", type=int, default=1, metavar="R", help="repeat the K folds R times (seeds)")
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-    )
-    args, rest = parser.parse_known_args(argv)
-    if args.cv is not None and args.cv < 2:
-        parser.error(f"--cv needs at least 2 folds, got {args.cv}")
-    if args.cv_repeats < 1:
-        parser.error(f"--cv-repeats must be >= 1, got {args.cv_repeats}")
-    return args, parse_overrides(parser, rest)
-
-
-def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[str, Any]:
-    """``--a.b value`` / ``--a.b=value`` pairs → ``{"a.b": parsed value}`` (YAML scalars and lists)."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--") or len(token) == 2:
-            parser.error(f"expected --section.key value, got {token!r}")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(rest):
-                parser.error(f"--{key} needs a value")
-            value, i = rest[i + 1], i + 1
-        overrides[key] = parse_override_value(value)
-        i += 1
-    return overrides
+    add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation instead of one split")
+    return parse_run_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    if args.tracking_uri:
-        overrides["tracking.tracking_uri"] = args.tracking_uri
     log_to_stderr()
-    try:
-        config = load_config(args.config, overrides)
-    except (ConfigError, KeyError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    code, config = run_reporting_input_errors(lambda: load_config(args.config, overrides))
+    if config is None:
+        return code
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
-    from lightning_fusion.encoders.image import PretrainedWeightsError
+    if args.cv:
+        from lightning_fusion.crossval import cross_validate
+
+        code, cv_result = run_reporting_input_errors(lambda: cross_validate(config, args.cv, args.cv_repeats))
+        if cv_result is not None:
+            _print_cv_summary(config, cv_result, args.cv)
+        return code
     from lightning_fusion.training import fit  # heavy imports only when training
 
-    try:
-        if args.cv:
-            from lightning_fusion.crossval import cross_validate
-
-            cv_result = cross_validate(config, args.cv, args.cv_repeats)
-            _print_cv_summary(config, cv_result, args.cv)
-            return 0
-        result = fit(config)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 2
-    except PretrainedWeightsError as err:  # raised while building the model, before any run exists
-        print(f"weights error: {err}", file=sys.stderr)
-        return 2
-    if result.run_id:  # rank 0 only: the other DDP processes have no run to report
+    code, result = run_reporting_input_errors(lambda: fit(config))
+    if result is not None and result.run_id:  # rank 0 only: the other DDP processes have no run to report
         _print_summary(result)
-    return 0
-
-
-def log_to_stderr() -> None:
-    """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger."""
-    logger = logging.getLogger("lightning_fusion")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    return code
 
 
 def _print_cv_summary(config, result, k: int) -> None:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from lightning_fusion.cli import log_to_stderr
 from lightning_fusion.config import ConfigError
-from lightning_fusion.fit import log_to_stderr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
