@@ -77,11 +77,23 @@ def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     return 2, None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests and notebooks swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def log_to_stderr() -> None:
     """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("lightning_fusion")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -144,6 +144,7 @@ def test_sweep_runs_prunes_and_resumes(tmp_path, small_cohort, mlflow_store):
         assert float(run.data.params["trial.optim.lr"]) == trial.params["optim.lr"]
         assert run.info.status == ("KILLED" if trial.state.name == "PRUNED" else "FINISHED")
         assert "test/accuracy" not in run.data.metrics  # tuning never touches the test set
+        assert trial.user_attrs["epochs"] == run.data.metrics["trial/epochs"] >= 1
     # The same command again: the study is complete, nothing new runs, the parent run is reused.
     again = run_sweep(study, storage, tracking_uri=mlflow_store["uri"])
     assert len(again.study.trials) == 6 and again.parent_run_id == parent.info.run_id
@@ -189,3 +190,81 @@ def test_cli_with_two_workers_shares_one_storage(tmp_path, small_cohort, mlflow_
     assert {"sweep_report.md", "sweep_trials.csv", "sweep_summary.json", "study.yaml"} <= artifacts
     summary = json.loads(open(client.download_artifacts(parents[0].info.run_id, "sweep_summary.json")).read())
     assert summary["counts"]["COMPLETE"] == len(finished)
+
+
+def test_postgres_storage_two_workers(tmp_path, small_cohort, mlflow_store, postgres_url, capsys):
+    path = _write_study(tmp_path, small_cohort, trials=4, name="pg_two_workers")
+    code = sweep_cli.main(
+        [str(path), "--storage", postgres_url, "--workers", "2", "--tracking-uri", mlflow_store["uri"]]
+    )
+    assert code == 0
+    trials = optuna.load_study(study_name="pg_two_workers", storage=postgres_url).trials
+    assert 4 <= sum(t.state.name == "COMPLETE" for t in trials) <= 5
+    _, runs = _runs(mlflow_store["uri"])
+    numbers = [r.data.tags["optuna.trial"] for r in runs if r.data.tags.get("optuna.study") == "pg_two_workers"]
+    assert len(numbers) == len(set(numbers)) == len(trials)
+
+
+def test_postgres_killed_worker_trial_is_failed_and_retried(tmp_path, small_cohort, mlflow_store, postgres_url):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    # long enough trials that the worker is surely inside one when it is killed
+    path = _write_study(tmp_path, small_cohort, trials=2, name="pg_killed", overrides={"trainer.max_epochs": 200})
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lightning_fusion.sweep",
+            str(path),
+            "--storage",
+            postgres_url,
+            "--tracking-uri",
+            mlflow_store["uri"],
+            "--heartbeat",
+            "1",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            running = [
+                t
+                for t in optuna.load_study(study_name="pg_killed", storage=postgres_url).trials
+                if t.state.name == "RUNNING"
+            ]
+        except KeyError:  # the study is not created yet
+            running = []
+        if running and _runs(mlflow_store["uri"])[1]:  # inside a trial, with its MLflow run started
+            break
+        time.sleep(0.5)
+    assert running, "the worker never started a trial"
+    time.sleep(1)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    killed = running[0].number
+    # A new worker: the killed trial has no heartbeat after the grace period, so it is failed and re-queued.
+    time.sleep(3)
+    study = load_study(path)
+    study.spec.overrides["trainer.max_epochs"] = 3  # the retry and the rest finish quickly
+    result = run_sweep(study, postgres_url, tracking_uri=mlflow_store["uri"], heartbeat=(1, 2))
+    trials = result.study.trials
+    assert trials[killed].state.name == "FAIL"
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].params == trials[killed].params
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    client, runs = _runs(mlflow_store["uri"])
+    killed_run = next(
+        r
+        for r in runs
+        if r.data.tags.get("optuna.trial") == str(killed) and r.data.tags.get("optuna.study") == "pg_killed"
+    )
+    assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.state"] == "FAIL"

@@ -28,6 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: the experiment's, else sqlite:///mlflow.db)"
     )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        nargs=2,
+        default=(30, 90),
+        metavar=("INTERVAL", "GRACE"),
+        help="database storage: heartbeat interval and grace period in seconds; a trial without a heartbeat for "
+        "GRACE seconds (a killed worker) is failed and retried (default: 30 90)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
@@ -42,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         study = load_study(args.study)
-        prepared = prepare(study, args.storage, args.study_name, args.n_trials, args.tracking_uri)
+        prepared = prepare(
+            study, args.storage, args.study_name, args.n_trials, args.tracking_uri, tuple(args.heartbeat)
+        )
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -50,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         code = _run_workers(args, name, prepared.tracking_uri, prepared.storage_url)
     else:
-        run_sweep(study, args.storage, name, args.n_trials, prepared.tracking_uri)
+        run_sweep(study, args.storage, name, args.n_trials, prepared.tracking_uri, heartbeat=tuple(args.heartbeat))
         code = 0
     study_state = prepared.optuna_study  # re-read: other workers wrote trials too
     print(log_report(MlflowClient(prepared.tracking_uri), prepared.parent_id, _reload(study_state), study), end="")
@@ -83,6 +94,7 @@ def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage
     ]
     if args.n_trials:
         command += ["--n-trials", str(args.n_trials)]
+    command += ["--heartbeat", *(str(v) for v in args.heartbeat)]
     processes = []
     for worker in range(args.workers):
         env = dict(os.environ)

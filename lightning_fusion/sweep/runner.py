@@ -9,7 +9,8 @@ afterwards, with ``fit``. An exception or a non-finite value fails that trial; t
 Storage: by default an Optuna journal file beside the MLflow store (``optuna.journal`` next to
 ``mlflow.db``), which several processes on one machine can share; any SQLAlchemy URL (e.g.
 ``postgresql://...``) for many machines, with heartbeats so a killed worker's trial is marked failed
-and retried (``RetryFailedTrialCallback``). Re-running the same command resumes: ``trials`` is a
+and retried (``RetryHeartbeatStaleTrialCallback``, the successor of ``RetryFailedTrialCallback``).
+Re-running the same command resumes: ``trials`` is a
 total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback``.
 
 MLflow: one parent run per study (tag ``lf.sweep=<study name>``, found again on resume) and a child
@@ -30,7 +31,7 @@ from typing import Any
 import lightning as L
 import optuna
 from mlflow.tracking import MlflowClient
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
@@ -73,7 +74,9 @@ def default_storage_path(tracking_uri: str) -> Path:
     return Path("optuna.journal").resolve()
 
 
-def open_storage(url: str | None, tracking_uri: str) -> tuple[Any, str, str]:
+def open_storage(
+    url: str | None, tracking_uri: str, heartbeat_interval: int = 30, grace_period: int = 90
+) -> tuple[Any, str, str]:
     """The Optuna storage for ``url`` (journal file by default), a printable description, and the URL."""
     if url is None or url.endswith(".journal") or url.startswith("journal:"):
         path = Path(url.removeprefix("journal:")) if url else default_storage_path(tracking_uri)
@@ -82,9 +85,9 @@ def open_storage(url: str | None, tracking_uri: str) -> tuple[Any, str, str]:
         return JournalStorage(JournalFileBackend(str(path))), f"journal file {path}", str(path)
     storage = RDBStorage(
         url,
-        heartbeat_interval=30,
-        grace_period=90,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        heartbeat_interval=heartbeat_interval,  # a running trial's worker writes a heartbeat this often
+        grace_period=grace_period,  # no heartbeat for this long: the trial is failed (and retried)
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
         engine_kwargs={"pool_pre_ping": True},
     )
     return storage, url.split("@")[-1] if "@" in url else url, url  # no password in messages
@@ -134,12 +137,16 @@ def prepare(
     study_name: str | None = None,
     n_trials: int | None = None,
     tracking_uri: str | None = None,
+    heartbeat: tuple[int, int] = (30, 90),
 ) -> Prepared:
-    """Create or load the Optuna study and find or create its MLflow parent run."""
+    """Create or load the Optuna study and find or create its MLflow parent run.
+
+    ``heartbeat`` (interval, grace period in seconds) applies to database storage only.
+    """
     name = study_name or study.name
     base = study.compose({})
     uri = resolve_tracking_uri(tracking_uri or base.tracking.tracking_uri)
-    storage, where, resolved = open_storage(storage_url, uri)
+    storage, where, resolved = open_storage(storage_url, uri, *heartbeat)
     optuna_study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -159,9 +166,10 @@ def run_sweep(
     n_trials: int | None = None,
     tracking_uri: str | None = None,
     progress: Callable[[str], None] = log.info,
+    heartbeat: tuple[int, int] = (30, 90),
 ) -> SweepResult:
     """Run (or resume) the study until it holds ``n_trials`` (default: the file's ``trials``) finished trials."""
-    prepared = prepare(study, storage_url, study_name, n_trials, tracking_uri)
+    prepared = prepare(study, storage_url, study_name, n_trials, tracking_uri, heartbeat)
     optuna_study, total = prepared.optuna_study, prepared.total
     finished = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
     progress(f"study {optuna_study.study_name!r} in {prepared.storage}: {finished} of {total} trials finished")
@@ -179,7 +187,23 @@ def run_sweep(
             progress(f"study {optuna_study.study_name!r}: every trial of the last round failed; stopping")
             break
         finished = now
+    _close_failed_runs(MlflowClient(prepared.tracking_uri), prepared.parent_id, optuna_study)
     return SweepResult(optuna_study, prepared.parent_id, prepared.tracking_uri, prepared.storage)
+
+
+def _close_failed_runs(client: MlflowClient, parent_id: str, optuna_study: optuna.Study) -> None:
+    """A killed worker leaves its trial's MLflow run RUNNING; once Optuna has failed the trial, say so."""
+    failed = {t.number for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    if not failed:
+        return
+    parent = client.get_run(parent_id)
+    for run in client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
+    ):
+        if int(run.data.tags.get("optuna.trial", -1)) in failed:
+            client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _parent_run(base, name: str, uri: str, study: Study) -> str:
@@ -238,6 +262,7 @@ def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Call
                 run_name=f"{name}-trial{trial.number}",
             )
         except optuna.TrialPruned:
+            trial.set_user_attr("epochs", best.epochs)
             _mark(client, parent_id, trial.number, "PRUNED", params, best)
             raise
         except BaseException:
