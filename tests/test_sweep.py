@@ -268,3 +268,21 @@ def test_postgres_killed_worker_trial_is_failed_and_retried(tmp_path, small_coho
         if r.data.tags.get("optuna.trial") == str(killed) and r.data.tags.get("optuna.study") == "pg_killed"
     )
     assert killed_run.info.status == "FAILED" and killed_run.data.tags["optuna.state"] == "FAIL"
+
+
+def test_a_cv_study_trains_one_model_per_fold_and_averages(tmp_path, small_cohort, mlflow_store):
+    path = _write_study(tmp_path, small_cohort, trials=2, cv=3, name="cv_study")
+    result = run_sweep(load_study(path), str(tmp_path / "cv.journal"), tracking_uri=mlflow_store["uri"])
+    trials = result.study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for trial in trials:
+        folds = trial.user_attrs["fold_values"]
+        assert len(folds) == 3 and trial.value == pytest.approx(sum(folds) / 3)
+    _, runs = _runs(mlflow_store["uri"])
+    fold_runs = [r for r in runs if r.data.tags.get("optuna.study") == "cv_study"]
+    assert sorted((r.data.tags["optuna.trial"], r.data.tags["lf.fold"]) for r in fold_runs) == [
+        (t, f) for t in "01" for f in "012"
+    ]
+    assert all(r.data.tags["optuna.state"] == "COMPLETE" for r in fold_runs)
+    with pytest.raises(ConfigError, match="at least 2 folds"):
+        load_study(_write_study(tmp_path, small_cohort, cv=1))

@@ -242,71 +242,108 @@ def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Call
     client = MlflowClient(uri)
 
     def objective(trial: optuna.Trial) -> float:
-        from lightning_fusion.training import fit  # heavy import only when a trial runs
-
         params = sample(trial, spec)
         config = study.compose(params, {"tracking.tracking_uri": uri})
         progress(f"trial {trial.number}: {params}")
-        best = BestMetric(spec.metric, spec.direction)
-        callbacks: list[L.Callback] = [best]
-        if spec.pruner.name != "none":
-            callbacks.append(PyTorchLightningPruningCallback(trial, spec.metric))
         tags = {"lf.sweep": name, "optuna.trial": str(trial.number), "optuna.study": name}
+        bests: list[BestMetric] = []
         try:
-            result = fit(
-                config,
-                parent_run_id=parent_id,
-                extra_tags=tags,
-                callbacks=callbacks,
-                run_test=False,
-                run_name=f"{name}-trial{trial.number}",
+            value = (
+                _cv_trial(trial, spec, config, parent_id, tags, bests)
+                if spec.cv
+                else _one_fit(trial, spec, config, parent_id, tags, bests)
             )
         except optuna.TrialPruned:
-            trial.set_user_attr("epochs", best.epochs)
-            _mark(client, parent_id, trial.number, "PRUNED", params, best)
+            trial.set_user_attr("epochs", sum(b.epochs for b in bests))
+            _mark(client, parent_id, trial.number, "PRUNED", params, bests)
             raise
         except BaseException:
-            _mark(client, parent_id, trial.number, "FAIL", params, best)
+            _mark(client, parent_id, trial.number, "FAIL", params, bests)
             raise
-        trial.set_user_attr("mlflow_run_id", result.run_id)
-        trial.set_user_attr("epochs", best.epochs)
-        if best.best is None:
-            _mark(client, parent_id, trial.number, "FAIL", params, best)
-            raise ValueError(f"trial {trial.number}: no value of {spec.metric} was logged")
-        _mark(client, parent_id, trial.number, "COMPLETE", params, best, run_id=result.run_id)
-        return best.best
+        trial.set_user_attr("epochs", sum(b.epochs for b in bests))
+        _mark(client, parent_id, trial.number, "COMPLETE", params, bests)
+        return value
 
     return objective
 
 
-def _mark(
-    client: MlflowClient,
-    parent_id: str,
-    number: int,
-    state: str,
-    params: dict[str, Any],
-    best: BestMetric,
-    run_id: str | None = None,
-) -> None:
-    """Tag the trial's child run with its Optuna state and parameters (a pruned run ends KILLED)."""
-    if run_id is None:
-        parent = client.get_run(parent_id)
-        runs = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`optuna.trial` = '{number}'",
-            max_results=1,
+def _one_fit(trial: optuna.Trial, spec, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
+    """One training run on the experiment's split; Optuna prunes it epoch by epoch."""
+    from lightning_fusion.training import fit  # heavy import only when a trial runs
+
+    best = BestMetric(spec.metric, spec.direction)
+    bests.append(best)
+    callbacks: list[L.Callback] = [best]
+    if spec.pruner.name != "none":
+        callbacks.append(PyTorchLightningPruningCallback(trial, spec.metric))
+    fit(
+        config,
+        parent_run_id=parent_id,
+        extra_tags=tags,
+        callbacks=callbacks,
+        run_test=False,
+        run_name=f"{tags['optuna.study']}-trial{trial.number}",
+    )
+    if best.best is None:
+        raise ValueError(f"trial {trial.number}: no value of {spec.metric} was logged")
+    return best.best
+
+
+def _cv_trial(trial: optuna.Trial, spec, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
+    """K fold models (``cv: K`` in the study file): the mean over folds of each one's best validation value.
+
+    Each fold trains on its training folds and validates on its inner validation split; the fold's
+    held-out part is not used. The running mean is reported after every fold, so a pruner can stop a
+    hopeless configuration after its first folds.
+    """
+    from lightning_fusion.crossval import fold_datamodule, plan_folds
+    from lightning_fusion.training import fit
+
+    modalities = list(config.model.modalities)
+    _, folds = plan_folds(config, modalities, spec.cv, 1)
+    values = []
+    for fold in folds:
+        best = BestMetric(spec.metric, spec.direction)
+        bests.append(best)
+        fit(
+            config,
+            fold_datamodule(config, modalities, fold),
+            parent_id,
+            extra_tags=tags | {"lf.fold": str(fold.index)},
+            callbacks=[best],
+            run_test=False,
+            run_name=f"{tags['optuna.study']}-trial{trial.number}-fold{fold.index}",
         )
-        if not runs:
-            return  # the trial failed before its run existed (e.g. a config error)
-        run_id = runs[0].info.run_id
-    client.set_tag(run_id, "optuna.state", state)
-    for path, value in params.items():
-        client.log_param(run_id, f"trial.{path}", value)
-    client.log_metric(run_id, "trial/epochs", best.epochs)
-    if best.best is not None:
-        client.log_metric(run_id, "trial/best_value", best.best)
-    if state == "PRUNED":
-        client.set_terminated(run_id, "KILLED")
+        if best.best is None:
+            raise ValueError(f"trial {trial.number} fold {fold.index}: no value of {spec.metric} was logged")
+        values.append(best.best)
+        trial.report(sum(values) / len(values), step=fold.index)
+        if spec.pruner.name != "none" and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {fold.index}")
+    trial.set_user_attr("fold_values", values)
+    return sum(values) / len(values)
+
+
+def _mark(
+    client: MlflowClient, parent_id: str, number: int, state: str, params: dict[str, Any], bests: list[BestMetric]
+) -> None:
+    """Tag the trial's child runs with its Optuna state and parameters (a pruned run ends KILLED)."""
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`optuna.trial` = '{number}'",
+    )
+    for run in runs:  # none when the trial failed before its run existed (e.g. a config error)
+        run_id = run.info.run_id
+        client.set_tag(run_id, "optuna.state", state)
+        for path, value in params.items():
+            client.log_param(run_id, f"trial.{path}", value)
+        client.log_metric(run_id, "trial/epochs", sum(b.epochs for b in bests))
+        values = [b.best for b in bests if b.best is not None]
+        if values:
+            client.log_metric(run_id, "trial/best_value", sum(values) / len(values))
+        if state == "PRUNED" and run.info.status != "FINISHED":  # the run the pruner interrupted
+            client.set_terminated(run_id, "KILLED")
 
 
 __all__ = ["BestMetric", "SweepResult", "open_storage", "prepare", "run_sweep"]

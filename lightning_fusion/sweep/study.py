@@ -9,6 +9,7 @@ Example::
     trials: 20                           # a total: re-running the sweep resumes up to it
     sampler: {name: tpe, seed: 0}        # tpe | random | grid
     pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 2}   # median | hyperband | none
+    cv: 5                                # optional: each trial = 5 fold models, value = their mean
     space:
       optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
       model.fusion.name: {type: categorical, choices: [concat, gated, attention]}
@@ -132,12 +133,15 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     name: str | None = None  # default: the file name without .yaml
     description: str = ""
+    cv: int | None = None  # K: each trial trains K fold models; its value is their mean best validation value
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(suggest(self.direction, list(DIRECTIONS), "direction"))
         if not self.space:
             raise ValueError("space: name at least one parameter")
+        if self.cv is not None and self.cv < 2:
+            raise ValueError(f"cv needs at least 2 folds, got {self.cv}")
         if not self.metric.startswith("val/"):
             raise ValueError(
                 f"metric must be a validation metric (val/...), got {self.metric!r}: the test set is not for tuning"
