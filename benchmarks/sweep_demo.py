@@ -68,14 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep_demo.md")
+    parser.add_argument("--rows", default="0,1,2", help="which settings to run (0: pruned, 1: unpruned, 2: 2 workers)")
     args = parser.parse_args()
     spec = yaml.safe_load((ROOT / "ablations" / "hparams.yaml").read_text())
-    rows = []
-    for label, pruner, workers in (
+    settings = (
         ("median pruner, 1 worker", spec["pruner"], 1),
         ("no pruner, 1 worker", {"name": "none"}, 1),
         ("no pruner, 2 workers", {"name": "none"}, 2),
-    ):
+    )
+    rows = []
+    for label, pruner, workers in (settings[int(i)] for i in args.rows.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             wall, study = _run(_variant(args.trials, pruner, Path(tmp)), Path(tmp), workers)
             finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]

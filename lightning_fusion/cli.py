@@ -77,6 +77,12 @@ def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     return 2, None
 
 
+def print_run_location(what: str, run_id: str, experiment_id: str, uri: str) -> None:
+    """Where the run landed, and how to browse it."""
+    print(f"{what} {run_id} (experiment {experiment_id}) in {uri}")
+    print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (tests and notebooks swap it)."""
 

@@ -12,7 +12,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lightning_fusion.cli import add_run_arguments, log_to_stderr, parse_run_args, run_reporting_input_errors
+from lightning_fusion.cli import (
+    add_run_arguments,
+    log_to_stderr,
+    parse_run_args,
+    print_run_location,
+    run_reporting_input_errors,
+)
 from lightning_fusion.config import load_config
 
 
@@ -57,9 +63,7 @@ def _print_result(result) -> None:
         print(markdown_table(display_paired(result.paired)), end="")
     print()
     print(verdict(result))
-    uri = result.tracking_uri
-    print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) in {uri}")
-    print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
+    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri)
 
 
 if __name__ == "__main__":

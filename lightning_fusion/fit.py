@@ -12,7 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_fusion.cli import add_run_arguments, log_to_stderr, parse_run_args, run_reporting_input_errors
+from lightning_fusion.cli import (
+    add_run_arguments,
+    log_to_stderr,
+    parse_run_args,
+    print_run_location,
+    run_reporting_input_errors,
+)
 from lightning_fusion.config import load_config, to_yaml
 
 
@@ -59,8 +65,7 @@ def _print_cv_summary(config, result, k: int) -> None:
     repeats = int(result.folds["repeat"].max()) + 1
     print(f"\n{config.name}: {k}-fold cross-validation x {repeats}, {len(result.folds)} fold models, test metrics:")
     print("\n".join(summary_lines(result)))
-    uri = result.tracking_uri
-    print(f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}) in {uri}")
+    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri)
 
 
 def _print_summary(result) -> None:
@@ -93,9 +98,7 @@ def _print_summary(result) -> None:
             f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "
             "intervals in brackets; report.html in the run)"
         )
-    uri = result.tracking_uri
-    print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {uri}")
-    print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
+    print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri)
 
 
 if __name__ == "__main__":

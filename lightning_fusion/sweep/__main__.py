@@ -100,6 +100,8 @@ def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage
         env = dict(os.environ)
         if gpus >= args.workers:
             env["CUDA_VISIBLE_DEVICES"] = str(worker)
+        elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores instead of each taking all
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         processes.append(subprocess.Popen(command, env=env))
     codes = [p.wait() for p in processes]
     return max(codes)
