@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_result(result) -> None:
-    from lightning_fusion.comparison_report import display_paired, display_table, markdown_table, verdict
+    from lightning_fusion.comparison_report import display_paired, display_table, verdict
+    from lightning_fusion.report import markdown_table
 
     print()
     print(markdown_table(display_table(result.table)), end="")

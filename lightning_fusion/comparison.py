@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_fusion.comparison_report import TABLE_METRICS, comparison_table, log_comparison, paired_tests
+from lightning_fusion.comparison_report import comparison_table, log_comparison, paired_tests
 from lightning_fusion.config import ConfigError, EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
 from lightning_fusion.crossval import fold_datamodule, plan_folds
 from lightning_fusion.data.datamodule import MultimodalDataModule
-from lightning_fusion.ensembling import PROCEDURES, DecisionInputs
+from lightning_fusion.ensembling import PROCEDURES, DecisionInputs, log_loss
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.metrics import metrics_from_probabilities
 from lightning_fusion.registry import suggest
@@ -131,15 +131,13 @@ def fusion_config(config: ExperimentConfig, fusion: str) -> ExperimentConfig:
 def _single_process(config: ExperimentConfig) -> ExperimentConfig:
     """``compare`` keeps every model's predictions in this process: one device, one node."""
     trainer = config.trainer
-    devices = trainer.devices
-    many = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    if many or devices == -1 or trainer.num_nodes > 1 or trainer.strategy.startswith("ddp"):
+    if trainer.several_processes:
         raise ConfigError(
             f"compare trains each model in one process (it combines their predictions); got trainer.devices "
-            f"{devices!r}, num_nodes {trainer.num_nodes}, strategy {trainer.strategy!r}: use trainer.devices 1 "
+            f"{trainer.devices!r}, num_nodes {trainer.num_nodes}, strategy {trainer.strategy!r}: use trainer.devices 1 "
             "(run fit with DDP for a single large model)"
         )
-    if devices == "auto":
+    if trainer.devices == "auto":
         data = to_dict(config)
         data["trainer"]["devices"] = 1
         return resolve(data)
@@ -176,20 +174,18 @@ def run_comparison(
     trained = [(f, fusion_config(config, f)) for f in fusions if not is_procedure(f)]
     procedures = [f for f in fusions if is_procedure(f)]
 
+    # bad input stops here, before any run exists
     if cv:
-        _, folds = plan_folds(config, modalities, cv, cv_repeats)
-        datamodules = [fold_datamodule(config, modalities, folds[0])]  # bad input stops here: no run yet
+        folds = plan_folds(config, modalities, cv, cv_repeats)
+        first = fold_datamodule(config, modalities, folds[0])
     else:
         folds = [None]
-        datamodule = MultimodalDataModule(config.data, modalities)
-        datamodule.prepare_data()
-        datamodule.setup("fit")  # bad input stops here: no run exists yet
-        datamodules = [datamodule]
-    first = datamodules[0]
-    classes = first.classes
+        first = MultimodalDataModule(config.data, modalities)
+        first.prepare_data()
+        first.setup("fit")
     summary = first.summary()
     if "stacking" in procedures:  # before anything trains: the meta-learner must see every class
-        _check_stacking_classes([f.splits["val"] for f in folds] if cv else [first.splits["val"]], first, summary)
+        _check_stacking_classes([f.splits["val"] for f in folds] if cv else [first.splits["val"]], first)
 
     tags = {
         "lf.compare": "true",
@@ -217,7 +213,7 @@ def run_comparison(
                 )
             )
         if cv:
-            models = _pooled_models(per_fold, folds, classes, config)
+            models = _pooled_models(per_fold, folds, config)
             test_patients = len(models[0].test.patient_ids)
         else:
             models = per_fold[0]
@@ -243,7 +239,7 @@ def run_comparison(
     )
 
 
-def _check_stacking_classes(val_splits: list[list[str]], datamodule: MultimodalDataModule, summary: dict) -> None:
+def _check_stacking_classes(val_splits: list[list[str]], datamodule: MultimodalDataModule) -> None:
     labels = datamodule.cohort.labels
     for val_ids in val_splits:
         counts = {c: int((labels.loc[val_ids] == c).sum()) for c in datamodule.classes}
@@ -267,7 +263,6 @@ def _compare_on_split(
     progress: Callable[[str], None],
 ) -> list[ComparedModel]:
     """The unimodal models, the trained fusions and the procedures on one split, as child runs."""
-    classes = datamodule.classes
     summary = datamodule.summary()
     kinds = {m: s.kind for m, s in datamodule.specs.items()}
     suffix = f"-r{fold_tags['lf.repeat']}-fold{fold_tags['lf.fold']}" if fold_tags else ""
@@ -287,7 +282,7 @@ def _compare_on_split(
         )
         if result.tags["lf.model_kind"] != "fusion":
             unimodal[name] = result
-        models.append(_trained_row(name, child_config, result, classes))
+        models.append(_trained_row(name, child_config, result))
     for procedure in procedures:
         progress(f"fitting {procedure} on {', '.join(unimodal)}{where} ...")
         models.append(
@@ -296,9 +291,7 @@ def _compare_on_split(
     return models
 
 
-def _pooled_models(
-    per_fold: list[list[ComparedModel]], folds: list, classes: list[str], config: ExperimentConfig
-) -> list[ComparedModel]:
+def _pooled_models(per_fold: list[list[ComparedModel]], folds: list, config: ExperimentConfig) -> list[ComparedModel]:
     """One row per model from the first repeat's out-of-fold predictions (every patient tested once)."""
     first_repeat = [models for models, fold in zip(per_fold, folds) if fold.repeat == 0]
     pooled = []
@@ -320,7 +313,7 @@ def _pooled_models(
                 how=template.how.split(" on ")[0] if template.how != "trained" else "trained",
                 run_id=f"{len(per_fold)} fold runs",
                 seconds=sum(models[position].seconds for models in per_fold),
-                **_table_metrics(test, classes, config.evaluation),
+                **_table_metrics(test, config.evaluation),
             )
         )
     return pooled
@@ -340,8 +333,8 @@ def _run_name(config: ExperimentConfig, model_name: str) -> str:
     return f"{config.name}-" + re.sub(r"[^A-Za-z0-9_.]+", "-", model_name).strip("-")
 
 
-def _table_metrics(predictions: Predictions, classes: list[str], evaluation: EvaluationConfig) -> dict[str, Any]:
-    values = metrics_from_probabilities(predictions.probs, predictions.labels, classes)
+def _table_metrics(predictions: Predictions, evaluation: EvaluationConfig) -> dict[str, Any]:
+    """The table's metrics: the bootstrap's point estimates (the logged metrics' definitions), intervals, NLL."""
     intervals = bootstrap_intervals(
         predictions.labels,
         predictions.probs,
@@ -349,15 +342,12 @@ def _table_metrics(predictions: Predictions, classes: list[str], evaluation: Eva
         evaluation.bootstrap_seed,
         evaluation.confidence,
     )
-    # the point estimates that the intervals are built around (the same definitions as the logged torchmetrics)
-    metrics = {
-        name: intervals[name].value if name in intervals else values[f"test/{name}"] for name in TABLE_METRICS[:-1]
-    }
-    metrics["nll"] = values["test/loss"]
+    metrics = {name: interval.value for name, interval in intervals.items()}
+    metrics["nll"] = log_loss(predictions.probs, predictions.labels)
     return {"metrics": metrics, "intervals": intervals, "test": predictions}
 
 
-def _trained_row(name: str, config: ExperimentConfig, result: FitResult, classes: list[str]) -> ComparedModel:
+def _trained_row(name: str, config: ExperimentConfig, result: FitResult) -> ComparedModel:
     assert result.predictions is not None
     return ComparedModel(
         name=name,
@@ -367,7 +357,7 @@ def _trained_row(name: str, config: ExperimentConfig, result: FitResult, classes
         how="trained",
         run_id=result.run_id,
         seconds=result.seconds,
-        **_table_metrics(result.predictions["test"], classes, config.evaluation),
+        **_table_metrics(result.predictions["test"], config.evaluation),
     )
 
 
@@ -449,7 +439,7 @@ def _run_procedure(
         run_id=logger.run_id or "",
         seconds=time.perf_counter() - started,
         details=details,
-        **_table_metrics(fused, classes, config.evaluation),
+        **_table_metrics(fused, config.evaluation),
     )
 
 

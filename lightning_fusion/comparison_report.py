@@ -19,7 +19,7 @@ import pandas as pd
 
 from lightning_fusion.config import EvaluationConfig, ExperimentConfig
 from lightning_fusion.evaluation import png_bytes
-from lightning_fusion.report import dataset_section, image_html, render_report, table_html
+from lightning_fusion.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.stats import holm_adjust, mcnemar_test, paired_auroc_difference
 from lightning_fusion.tracking import RunLogger
 
@@ -87,15 +87,6 @@ def paired_tests(models: Sequence[ComparedModel], evaluation: EvaluationConfig) 
             "both" if a and b else "McNemar" if a else "AUROC" if b else "no" for a, b in zip(mcnemar, auroc)
         ]
     return table
-
-
-def markdown_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency); floats with 3 decimals."""
-    columns = list(columns or table.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table[columns].iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -227,6 +227,18 @@ class TrainerConfig:
             # Spawned workers keep the test predictions to themselves; the run's artifacts need them.
             raise ValueError(f"strategy {self.strategy!r} is not supported by fit; use 'ddp' (one process per device)")
 
+    @property
+    def several_processes(self) -> bool:
+        """Whether this config asks for more than one training process (devices, nodes or a DDP strategy).
+
+        ``devices: auto`` counts as one here; on a multi-GPU machine it may still become several.
+        """
+        devices = self.devices
+        many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or (
+            isinstance(devices, list) and len(devices) > 1
+        )
+        return many or self.num_nodes > 1 or self.strategy.startswith("ddp")
+
 
 @dataclass
 class EvaluationConfig:
@@ -458,6 +470,11 @@ def resolve(data: Mapping[str, Any] | None = None) -> ExperimentConfig:
         for modality, encoder in model.encoders.items()
     }
     model.fusion = resolve_component(FUSIONS, model.fusion, "model.fusion")
+    if config.evaluation.temperature_scaling and config.trainer.several_processes:
+        raise ConfigError(
+            "evaluation.temperature_scaling fits on validation predictions gathered in one process; "
+            "set trainer.devices 1 (or turn temperature scaling off for a DDP run)"
+        )
     fusion_meta = FUSIONS.metadata(model.fusion["name"])
     if config.data.keep_missing_modalities and len(model.modalities) > 1 and not fusion_meta.get("supports_missing"):
         raise ConfigError(

@@ -25,7 +25,7 @@ from lightning_fusion.config import ConfigError, ExperimentConfig, flatten, to_d
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.splits import cross_validation_folds
 from lightning_fusion.evaluation import evaluate, log_evaluation
-from lightning_fusion.report import dataset_section, image_html, render_report, table_html
+from lightning_fusion.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.stats import Interval
 from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
 from lightning_fusion.training import Predictions, fit, model_kind
@@ -55,9 +55,7 @@ class CrossValidationResult:
     classes: list[str]
 
 
-def plan_folds(
-    config: ExperimentConfig, modalities: list[str], k: int, repeats: int
-) -> tuple[MultimodalDataModule, list[Fold]]:
+def plan_folds(config: ExperimentConfig, modalities: list[str], k: int, repeats: int) -> list[Fold]:
     """Read the cohort once and cut the folds of every repeat (errors here come before any run)."""
     if repeats < 1:
         raise ConfigError(f"--cv-repeats must be >= 1, got {repeats}")
@@ -66,14 +64,13 @@ def plan_folds(
     cohort, _, labels = base.read_labels()
     split = config.data.split
     val_fraction = split.val / (split.train + split.val)
-    folds = [
+    return [
         Fold(repeat, index, splits)
         for repeat in range(repeats)
         for index, splits in enumerate(
             cross_validation_folds(labels, k, split.seed + repeat, cohort.groups, val_fraction)
         )
     ]
-    return base, folds
 
 
 def fold_datamodule(config: ExperimentConfig, modalities: list[str], fold: Fold) -> MultimodalDataModule:
@@ -87,7 +84,7 @@ def cross_validate(
 ) -> CrossValidationResult:
     """Train and test one model per fold; aggregate on a parent run. See the module docstring."""
     modalities = list(config.model.modalities)
-    _, folds = plan_folds(config, modalities, k, repeats)
+    folds = plan_folds(config, modalities, k, repeats)
     first = fold_datamodule(config, modalities, folds[0])  # bad input stops here: no run exists yet
     kinds = [first.specs[m].kind for m in modalities]
     classes = first.classes
@@ -116,7 +113,6 @@ def cross_validate(
                 config,
                 datamodule,
                 parent.run_id,
-                keep_predictions=True,
                 run_name=f"{config.name}-r{fold.repeat}-fold{fold.index}",
                 extra_tags={"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)},
             )
@@ -197,14 +193,13 @@ def _log_parent(
     _, labels, probs = oof_arrays(oof, classes)
     evaluation = evaluate(labels, probs, classes, config.evaluation)
     parent.log_metrics({f"oof/{m}": i.value for m, i in evaluation.intervals.items()})
-    parent.log_metrics({k_.replace("test/", "oof/"): v for k_, v in evaluation.metrics().items()})
-    images = log_evaluation(_Prefixed(parent, "oof_"), evaluation)
+    images = log_evaluation(parent, evaluation, stage="oof", prefix="oof_")
     aggregate = [
         {"metric": m, "mean ± sd over folds": f"{mean[m]:.3f} ± {std[m]:.3f}"}
         | ({"pooled out-of-fold [interval]": str(evaluation.intervals[m])} if m in evaluation.intervals else {})
         for m in mean
     ]
-    parent.log_text(_markdown(table), "cv_folds.md")
+    parent.log_text(markdown_table(table), "cv_folds.md")
     note = (
         f"<p class='note'>{k}-fold patient-grouped stratified cross-validation, {repeats} repeat(s); "
         f"{len(labels)} patients, each tested once per repeat. Mean ± sd over the {len(table)} fold models; "
@@ -222,30 +217,6 @@ def _log_parent(
     )
     parent.log_text(report, "report.html")
     return evaluation.intervals
-
-
-class _Prefixed:
-    """A logger view that prefixes artifact names (the parent's pooled figures beside its own files)."""
-
-    def __init__(self, logger: RunLogger, prefix: str) -> None:
-        self.logger, self.prefix = logger, prefix
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:  # the caller logs the renamed metrics itself
-        return None
-
-    def log_dict(self, data, artifact_file: str) -> None:
-        self.logger.log_dict(data, self.prefix + artifact_file)
-
-    def log_figure(self, figure, artifact_file: str) -> None:
-        self.logger.log_figure(figure, self.prefix + artifact_file)
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    columns = list(table.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def summary_lines(result: CrossValidationResult) -> list[str]:

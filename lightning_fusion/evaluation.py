@@ -185,11 +185,12 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def log_evaluation(logger: Any, evaluation: Evaluation) -> dict[str, bytes]:
-    """Metrics, figures and the points behind them, into the logger's run; returns the figures as PNG bytes."""
-    logger.log_metrics(evaluation.metrics())
-    logger.log_dict({k: vars(v) for k, v in evaluation.intervals.items()}, "intervals.json")
-    logger.log_dict(evaluation.curves, "curves.json")
+def log_evaluation(logger: Any, evaluation: Evaluation, stage: str = "test", prefix: str = "") -> dict[str, bytes]:
+    """Metrics (``<stage>/...``), figures and the points behind them (artifact names start with
+    ``prefix``), into the logger's run; returns the figures as PNG bytes."""
+    logger.log_metrics(evaluation.metrics(stage))
+    logger.log_dict({k: vars(v) for k, v in evaluation.intervals.items()}, f"{prefix}intervals.json")
+    logger.log_dict(evaluation.curves, f"{prefix}curves.json")
     logger.log_dict(
         {
             "ece": evaluation.ece,
@@ -198,12 +199,12 @@ def log_evaluation(logger: Any, evaluation: Evaluation) -> dict[str, bytes]:
             "temperature": evaluation.temperature,
             "calibrated": evaluation.calibrated,
         },
-        "calibration.json",
+        f"{prefix}calibration.json",
     )
     images = {}
     for name, build in (("roc.png", roc_figure), ("pr.png", pr_figure), ("reliability.png", reliability_figure)):
         figure = build(evaluation)
-        logger.log_figure(figure, name)
-        images[name] = png_bytes(figure)
+        logger.log_figure(figure, prefix + name)
+        images[prefix + name] = png_bytes(figure)
         plt.close(figure)
     return images

@@ -42,6 +42,15 @@ def table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def markdown_table(table: Any, columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table of a DataFrame (no extra dependency); floats with 3 decimals."""
+    columns = list(columns or table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table[columns].iterrows():
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def image_html(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"

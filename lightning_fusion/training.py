@@ -73,7 +73,7 @@ class FitResult:
     best_checkpoint: str
     data_summary: dict[str, Any]
     tags: dict[str, str]
-    # with keep_predictions: the best checkpoint's probabilities on "val" and "test"
+    # the best checkpoint's probabilities: "test" (rank 0, when tested), "val" with keep_predictions
     predictions: dict[str, Predictions] | None = None
     seconds: float = 0.0
     epochs: int = 0  # epochs trained
@@ -183,8 +183,8 @@ def fit(
             several models so that they see the same patients and split (``compare``); by default
             one is built for the model's modalities.
         parent_run_id: record the run as a child of this MLflow run (tag ``mlflow.parentRunId``).
-        keep_predictions: also return the best checkpoint's validation and test probabilities
-            (one process only).
+        keep_predictions: also return the best checkpoint's validation probabilities (one process
+            only); its test probabilities are always returned.
         callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
         run_test: ``False`` stops after training and validation (sweep trials: tuning never looks
             at the test set); the run then holds validation metrics and the best checkpoint only.
@@ -220,41 +220,31 @@ def fit(
         trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model, callbacks)
         trainer.fit(module, datamodule=datamodule)
         best = checkpoint.best_model_path
-        if not run_test:
+        test_metrics: dict[str, float] = {}
+        if run_test:
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            val = None
+            if keep_predictions or config.evaluation.temperature_scaling:  # every process (predict is collective)
+                val = _val_predictions(trainer, module, datamodule, best)
             if trainer.is_global_zero:
-                log_data_summary(logger, summary)
-                if best and config.tracking.log_checkpoint:
-                    logger.log_file(best, "checkpoints")
-            logger.close("success")
-            return FitResult(
-                run_id=logger.run_id or "",
-                experiment_id=logger.experiment_id,
-                tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
-                test_metrics={},
-                best_checkpoint=Path(best).name if best else "",
-                data_summary=summary,
-                tags=tags,
-                seconds=time.perf_counter() - started,
-                epochs=trainer.current_epoch,
-            )
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        if keep_predictions or config.evaluation.temperature_scaling:  # every process (predict is collective)
-            predictions = _best_predictions(trainer, module, datamodule, best)
-        if trainer.is_global_zero:
-            test = Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids)
-            _log_fusion_weights(logger, module)
-            test_metrics |= log_tested_model(
-                logger,
-                module.classes,
-                test,
-                summary,
-                config.evaluation,
-                predictions["val"] if predictions else None,
-                title=f"{config.name}: {tags['lf.model_kind']} ({tags['lf.modalities']}, fusion {tags['lf.fusion']})",
-            )
-            if best and config.tracking.log_checkpoint:
-                logger.log_file(best, "checkpoints")
+                kinds = f"{tags['lf.model_kind']} ({tags['lf.modalities']}, fusion {tags['lf.fusion']})"
+                test = Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids)
+                predictions = {"test": test} | ({"val": val} if val is not None else {})
+                _log_fusion_weights(logger, module)
+                test_metrics |= log_tested_model(
+                    logger,
+                    module.classes,
+                    test,
+                    summary,
+                    config.evaluation,
+                    val,
+                    title=f"{config.name}: {kinds}",
+                )
+        elif trainer.is_global_zero:  # a sweep trial: validation only
+            log_data_summary(logger, summary)
+        if trainer.is_global_zero and best and config.tracking.log_checkpoint:
+            logger.log_file(best, "checkpoints")
         logger.close("success")
     except BaseException:
         logger.close("failed")
@@ -277,10 +267,10 @@ def fit(
     )
 
 
-def _best_predictions(
+def _val_predictions(
     trainer: L.Trainer, module: FusionLitModule, datamodule: MultimodalDataModule, best: str
-) -> dict[str, Predictions]:
-    """Validation and test probabilities of the tested (best) checkpoint."""
+) -> Predictions:
+    """Validation probabilities of the tested (best) checkpoint."""
     if trainer.world_size > 1:
         raise RuntimeError(
             "validation predictions (compare, evaluation.temperature_scaling) need a single-process run: "
@@ -288,10 +278,7 @@ def _best_predictions(
         )
     outputs = trainer.predict(module, dataloaders=datamodule.val_dataloader(), ckpt_path=best or None)
     val = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "probs", "label")}
-    return {
-        "val": Predictions.from_outputs(val, datamodule.datasets["val"].patient_ids),
-        "test": Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids),
-    }
+    return Predictions.from_outputs(val, datamodule.datasets["val"].patient_ids)
 
 
 def _log_fusion_weights(logger: RunLogger, module: FusionLitModule) -> None:

@@ -64,3 +64,13 @@ def test_report_names_the_exclusions_and_embeds_the_figures():
     assert "demo &lt;fusion&gt;" in html  # escaped
     assert "missing a view" in html and "data:image/png;base64,iVBORw==" in html
     assert str(result.intervals["balanced_accuracy"]) in html and "30 test patients" in html
+
+
+def test_temperature_scaling_under_ddp_is_refused_before_anything_runs():
+    from lightning_fusion.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="temperature_scaling fits on validation predictions gathered in one process"):
+        load_config(None, {"evaluation.temperature_scaling": True, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    assert load_config(
+        None, {"evaluation.temperature_scaling": True, "trainer.devices": 1}
+    ).evaluation.temperature_scaling

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from lightning_fusion.sweep.report import log_report
-    from lightning_fusion.sweep.runner import prepare, run_sweep
+    from lightning_fusion.sweep.runner import optimize, prepare
     from lightning_fusion.sweep.study import load_study
 
     try:
@@ -61,18 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         code = _run_workers(args, name, prepared.tracking_uri, prepared.storage_url)
     else:
-        run_sweep(study, args.storage, name, args.n_trials, prepared.tracking_uri, heartbeat=tuple(args.heartbeat))
+        optimize(study, prepared)
         code = 0
-    study_state = prepared.optuna_study  # re-read: other workers wrote trials too
-    print(log_report(MlflowClient(prepared.tracking_uri), prepared.parent_id, _reload(study_state), study), end="")
+    # the study object reads its storage on each query, so the other workers' trials are in the report
+    print(log_report(MlflowClient(prepared.tracking_uri), prepared.parent_id, prepared.optuna_study, study), end="")
     print(f"MLflow parent run {prepared.parent_id} in {prepared.tracking_uri}; Optuna storage: {prepared.storage}")
     return code
-
-
-def _reload(study):
-    import optuna
-
-    return optuna.load_study(study_name=study.study_name, storage=study._storage)
 
 
 def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage_url: str) -> int:

@@ -169,7 +169,11 @@ def run_sweep(
     heartbeat: tuple[int, int] = (30, 90),
 ) -> SweepResult:
     """Run (or resume) the study until it holds ``n_trials`` (default: the file's ``trials``) finished trials."""
-    prepared = prepare(study, storage_url, study_name, n_trials, tracking_uri, heartbeat)
+    return optimize(study, prepare(study, storage_url, study_name, n_trials, tracking_uri, heartbeat), progress)
+
+
+def optimize(study: Study, prepared: Prepared, progress: Callable[[str], None] = log.info) -> SweepResult:
+    """Run trials of a prepared study until it holds ``prepared.total`` finished trials."""
     optuna_study, total = prepared.optuna_study, prepared.total
     finished = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
     progress(f"study {optuna_study.study_name!r} in {prepared.storage}: {finished} of {total} trials finished")
@@ -300,7 +304,7 @@ def _cv_trial(trial: optuna.Trial, spec, config, parent_id: str, tags: dict, bes
     from lightning_fusion.training import fit
 
     modalities = list(config.model.modalities)
-    _, folds = plan_folds(config, modalities, spec.cv, 1)
+    folds = plan_folds(config, modalities, spec.cv, 1)
     values = []
     for fold in folds:
         best = BestMetric(spec.metric, spec.direction)
@@ -346,4 +350,4 @@ def _mark(
             client.set_terminated(run_id, "KILLED")
 
 
-__all__ = ["BestMetric", "SweepResult", "open_storage", "prepare", "run_sweep"]
+__all__ = ["BestMetric", "SweepResult", "open_storage", "optimize", "prepare", "run_sweep"]
