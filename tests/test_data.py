@@ -109,6 +109,18 @@ def test_datamodule_splits_counts_and_samples(small_cohort):
     assert batch["image"].shape[1:] == (9, 32, 32) and len(batch["patient_id"]) == len(batch["label"])
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_last_partial_batch_is_dropped_only_when_each_process_keeps_a_full_one(small_cohort, world_size):
+    from types import SimpleNamespace
+
+    datamodule = _datamodule(small_cohort, **{"data.batch_size": 32})
+    train = len(datamodule.datasets["train"])
+    assert 32 < train <= 64  # the small cohort: more than one batch in one process, less than one in two
+    datamodule.trainer = SimpleNamespace(world_size=world_size)
+    assert datamodule.train_dataloader().drop_last == (world_size == 1)
+    assert not datamodule.val_dataloader().drop_last
+
+
 def test_the_same_seed_gives_the_same_split(small_cohort):
     assert _datamodule(small_cohort).splits == _datamodule(small_cohort).splits
 

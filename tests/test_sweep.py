@@ -285,3 +285,68 @@ def test_a_cv_study_trains_one_model_per_fold_and_averages(tmp_path, small_cohor
     assert all(r.data.tags["optuna.state"] == "COMPLETE" for r in fold_runs)
     with pytest.raises(ConfigError, match="at least 2 folds"):
         load_study(_write_study(tmp_path, small_cohort, cv=1))
+
+
+@pytest.mark.slow
+def test_ddp_trials_share_one_sampled_config_and_prune_together(tmp_path, small_cohort, mlflow_store):
+    """Each trial trains on 2 CPU processes (gloo DDP) in a process of its own; the worker samples once."""
+    from lightning_fusion.sweep.runner import optimize, prepare
+
+    space = {"optim.lr": {"type": "categorical", "choices": [3e-2, 1e-7]}}
+    ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu"}
+    path = _write_study(
+        tmp_path,
+        small_cohort,
+        space=space,
+        trials=2,
+        name="ddp_study",
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        overrides=ddp,
+    )
+    study = load_study(path)
+    prepared = prepare(study, str(tmp_path / "ddp.journal"), tracking_uri=mlflow_store["uri"])
+    prepared.optuna_study.enqueue_trial({"optim.lr": 3e-2})  # a good trial first, then one that cannot learn
+    prepared.optuna_study.enqueue_trial({"optim.lr": 1e-7})
+    trials = optimize(study, prepared).study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]  # two trials: no rank started its own
+    assert all(t.user_attrs["world_size"] == 2 for t in trials)  # both ranks checked they had rank 0's config
+    client, runs = _runs(mlflow_store["uri"])
+    children = {int(r.data.tags["optuna.trial"]): r for r in runs if r.data.tags.get("optuna.study") == "ddp_study"}
+    assert sorted(children) == [0, 1]  # one MLflow run per trial: only rank 0 logs
+    for trial in trials:
+        run = children[trial.number]
+        assert float(run.data.params["trial.optim.lr"]) == trial.params["optim.lr"]
+        assert float(run.data.params["optim.lr"]) == trial.params["optim.lr"]  # what the ranks trained with
+        assert run.data.params["trainer.devices"] == "2"
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        # the values Optuna pruned on are the ones logged: synchronised over both ranks' halves of val
+        logged = [m.value for m in sorted(history, key=lambda m: m.step)]
+        assert list(trial.intermediate_values.values()) == pytest.approx(logged)
+    pruned = children[1]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
+    assert trials[1].user_attrs["epochs"] == 1 < trials[0].user_attrs["epochs"]  # both ranks stopped at once
+
+
+def test_ranks_with_different_configs_refuse_to_train():
+    from types import SimpleNamespace
+
+    from lightning_fusion.sweep.trial import SameTrialOnEveryRank
+
+    class TwoRanks:  # what rank 1 sees when rank 0 composed something else
+        def broadcast(self, obj, src=0):
+            return "rank-0-digest"
+
+        def reduce_boolean_decision(self, decision, all=True):
+            return False
+
+    trainer = SimpleNamespace(strategy=TwoRanks(), global_rank=1, world_size=2)
+    with pytest.raises(RuntimeError, match="rank 1: the ranks of this trial composed different configurations"):
+        SameTrialOnEveryRank("rank-1-digest").on_fit_start(trainer, None)
+    agreeing = SimpleNamespace(
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj, reduce_boolean_decision=lambda d, all=True: d),
+        global_rank=0,
+        world_size=2,
+    )
+    check = SameTrialOnEveryRank("same")
+    check.on_fit_start(agreeing, None)
+    assert check.world_size == 2

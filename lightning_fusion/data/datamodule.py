@@ -191,13 +191,17 @@ class MultimodalDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() first")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # Under DDP each process sees its share of the split (Lightning's DistributedSampler): drop the
+        # last partial batch only when that share holds more than one batch, or a process trains nothing.
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        per_process = -(-len(self.datasets[split]) // processes)
         return DataLoader(
             self.datasets[split],
             batch_size=self.config.batch_size,
             shuffle=shuffle,
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
-            drop_last=shuffle and len(self.datasets[split]) > self.config.batch_size,
+            drop_last=shuffle and per_process > self.config.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

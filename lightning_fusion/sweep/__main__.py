@@ -2,7 +2,7 @@
 
 Runs (or resumes) an Optuna study from a study file; see :mod:`lightning_fusion.sweep.study` for the
 file and :mod:`lightning_fusion.sweep.runner` for storage, pruning and MLflow. ``--workers K`` starts K
-worker processes on this machine against the same storage (each on its own GPU when there are K);
+worker processes on this machine against the same storage (each on its own GPUs: G // K of G);
 workers on other machines join with the same ``--storage`` and ``--study-name``.
 """
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage_url: str) -> int:
-    """K worker processes, the same command with --workers 1; one GPU each when there are K."""
+    """K worker processes, the same command with --workers 1; with G >= K GPUs, G // K GPUs each."""
     import torch
 
     gpus = torch.cuda.device_count()
@@ -89,11 +89,14 @@ def _run_workers(args: argparse.Namespace, name: str, tracking_uri: str, storage
     if args.n_trials:
         command += ["--n-trials", str(args.n_trials)]
     command += ["--heartbeat", *(str(v) for v in args.heartbeat)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+    per_worker = gpus // args.workers  # a DDP study's workers get several GPUs each
     processes = []
     for worker in range(args.workers):
         env = dict(os.environ)
-        if gpus >= args.workers:
-            env["CUDA_VISIBLE_DEVICES"] = str(worker)
+        if per_worker >= 1:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[worker * per_worker : (worker + 1) * per_worker])
         elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores instead of each taking all
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         processes.append(subprocess.Popen(command, env=env))

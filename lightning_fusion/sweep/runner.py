@@ -37,7 +37,9 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
+from lightning_fusion.config import to_dict
 from lightning_fusion.sweep.study import Study, grid_space, sample
+from lightning_fusion.sweep.trial import TrialJob, run_trial_process
 from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -253,9 +255,9 @@ def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Call
         bests: list[BestMetric] = []
         try:
             value = (
-                _cv_trial(trial, spec, config, parent_id, tags, bests)
+                _cv_trial(trial, study, config, parent_id, tags, bests)
                 if spec.cv
-                else _one_fit(trial, spec, config, parent_id, tags, bests)
+                else _one_fit(trial, study, config, parent_id, tags, bests)
             )
         except optuna.TrialPruned:
             trial.set_user_attr("epochs", sum(b.epochs for b in bests))
@@ -271,53 +273,85 @@ def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Call
     return objective
 
 
-def _one_fit(trial: optuna.Trial, spec, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
+def _one_fit(trial: optuna.Trial, study: Study, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
     """One training run on the experiment's split; Optuna prunes it epoch by epoch."""
-    from lightning_fusion.training import fit  # heavy import only when a trial runs
-
+    spec = study.spec
     best = BestMetric(spec.metric, spec.direction)
     bests.append(best)
+    run_name = f"{tags['optuna.study']}-trial{trial.number}"
+    if config.trainer.several_processes:  # DDP: a fresh process per trial (see sweep/trial.py)
+        job = _job(study, config, parent_id, tags, run_name, prune_each_epoch=spec.pruner.name != "none")
+
+        def report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        outcome = run_trial_process(job, report)
+        best.best, best.epochs = outcome["best"], outcome["epochs"]
+        trial.set_user_attr("world_size", outcome["world_size"])
+        if outcome["pruned_at"] is not None:
+            MlflowClient(config.tracking.tracking_uri).set_terminated(outcome["run_id"], "KILLED")
+            raise optuna.TrialPruned(f"trial {trial.number} was pruned at epoch {outcome['pruned_at']}")
+        return best.best
+
+    from lightning_fusion.training import fit  # heavy import only when a trial runs
+
     callbacks: list[L.Callback] = [best]
     if spec.pruner.name != "none":
         callbacks.append(PyTorchLightningPruningCallback(trial, spec.metric))
-    fit(
-        config,
-        parent_run_id=parent_id,
-        extra_tags=tags,
-        callbacks=callbacks,
-        run_test=False,
-        run_name=f"{tags['optuna.study']}-trial{trial.number}",
-    )
+    fit(config, parent_run_id=parent_id, extra_tags=tags, callbacks=callbacks, run_test=False, run_name=run_name)
     if best.best is None:
         raise ValueError(f"trial {trial.number}: no value of {spec.metric} was logged")
     return best.best
 
 
-def _cv_trial(trial: optuna.Trial, spec, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
+def _job(study: Study, config, parent_id: str, tags: dict, run_name: str, **kwargs) -> TrialJob:
+    return TrialJob(
+        config=to_dict(config),
+        parent_run_id=parent_id,
+        tags=tags,
+        run_name=run_name,
+        metric=study.spec.metric,
+        direction=study.spec.direction,
+        result_path="",
+        **kwargs,
+    )
+
+
+def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: dict, bests: list[BestMetric]) -> float:
     """K fold models (``cv: K`` in the study file): the mean over folds of each one's best validation value.
 
     Each fold trains on its training folds and validates on its inner validation split; the fold's
     held-out part is not used. The running mean is reported after every fold, so a pruner can stop a
-    hopeless configuration after its first folds.
+    hopeless configuration after its first folds. With DDP, each fold model trains in a fresh process.
     """
     from lightning_fusion.crossval import fold_datamodule, plan_folds
     from lightning_fusion.training import fit
 
+    spec = study.spec
     modalities = list(config.model.modalities)
     folds = plan_folds(config, modalities, spec.cv, 1)
     values = []
     for fold in folds:
         best = BestMetric(spec.metric, spec.direction)
         bests.append(best)
-        fit(
-            config,
-            fold_datamodule(config, modalities, fold),
-            parent_id,
-            extra_tags=tags | {"lf.fold": str(fold.index)},
-            callbacks=[best],
-            run_test=False,
-            run_name=f"{tags['optuna.study']}-trial{trial.number}-fold{fold.index}",
-        )
+        run_name = f"{tags['optuna.study']}-trial{trial.number}-fold{fold.index}"
+        fold_tags = tags | {"lf.fold": str(fold.index)}
+        if config.trainer.several_processes:
+            outcome = run_trial_process(
+                _job(study, config, parent_id, fold_tags, run_name, cv=spec.cv, fold=fold.index)
+            )
+            best.best, best.epochs = outcome["best"], outcome["epochs"]
+        else:
+            fit(
+                config,
+                fold_datamodule(config, modalities, fold),
+                parent_id,
+                extra_tags=fold_tags,
+                callbacks=[best],
+                run_test=False,
+                run_name=run_name,
+            )
         if best.best is None:
             raise ValueError(f"trial {trial.number} fold {fold.index}: no value of {spec.metric} was logged")
         values.append(best.best)
