@@ -1,8 +1,8 @@
 """What the command-line entry points share: dotted overrides, the run options, and how input errors end a run.
 
-``fit``, ``compare`` and ``sweep`` print a bad config, bad data or missing weights as one line
-(``config error: ...``, ``data error: ...``, ``weights error: ...``) and exit with status 2; nothing
-else is caught.
+``fit``, ``compare``, ``sweep`` and ``predict`` print a bad config, bad data, missing weights or an
+unusable model as one line (``config error: ...``, ``data error: ...``, ``weights error: ...``,
+``model error: ...``) and exit with status 2; nothing else is caught.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
 def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, result)``, or ``(2, None)`` after printing a config, data or weights error on one line."""
     from lightning_fusion.encoders.image import PretrainedWeightsError
+    from lightning_fusion.inference import ModelLoadError
 
     try:
         return 0, call()
+    except ModelLoadError as err:
+        print(f"model error: {err}", file=sys.stderr)
     except (ConfigError, UnknownNameError) as err:
         print(f"config error: {err}", file=sys.stderr)
     except DataError as err:

@@ -20,6 +20,9 @@ from lightning_fusion.config import resolve
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
 from lightning_fusion.models import ModalitySpec, build_model
 
+CHECKPOINT_KEY = "lightning_fusion"  # our part of a Lightning checkpoint: format version + fitted preprocessing
+CHECKPOINT_FORMAT = 1
+
 
 class FusionLitModule(L.LightningModule):
     """Class-weighted cross-entropy training of a :class:`~lightning_fusion.models.MultimodalClassifier`.
@@ -55,6 +58,10 @@ class FusionLitModule(L.LightningModule):
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_confusion_matrix: np.ndarray | None = None
         self.test_predictions: dict[str, np.ndarray] | None = None
+        # The data module's fitted preprocessing (``preprocessing_state``), kept in checkpoints so a
+        # trained model predicts on new patients exactly as on its test set (lightning_fusion.inference).
+        self.preprocessing: dict[str, dict[str, Any]] = {}
+        self.data_splits: dict[str, list[str]] = {}  # the run's split (patient ids), so predict can flag them
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -112,6 +119,17 @@ class FusionLitModule(L.LightningModule):
         index = gathered["index"].cpu().numpy()
         _, first = np.unique(index, return_index=True)
         return {k: v.cpu().numpy()[first] for k, v in gathered.items()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "preprocessing": self.preprocessing,
+            "splits": self.data_splits,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ours = checkpoint.get(CHECKPOINT_KEY, {})
+        self.preprocessing, self.data_splits = ours.get("preprocessing", {}), ours.get("splits", {})
 
     # ---------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -205,6 +205,10 @@ def fit(
         datamodule.classes,
         datamodule.class_weights,
     )
+    module.preprocessing = {
+        m: state for m, state in datamodule.preprocessing_state().items() if m in config.model.modalities
+    }
+    module.data_splits = {name: list(ids) for name, ids in datamodule.splits.items()}
     summary = datamodule.summary() | {"modalities": list(config.model.modalities)}
     tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
     tags |= extra_tags or {}

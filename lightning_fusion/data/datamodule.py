@@ -128,23 +128,27 @@ class MultimodalDataModule(L.LightningDataModule):
                 for name in SPLITS
             }
             ids = {name: [pid for pid, h in zip(splits[name], have[name]) if h] for name in SPLITS}
-            if source.kind == "image":
-                loaded = {name: source.load_many(ids[name], self.config.image_size) for name in SPLITS}
-            elif source.kind == "vector":
+            if source.kind == "vector":
                 preprocessor = TabularPreprocessor(self.config.tabular)
                 preprocessor.fit(source.rows(ids["train"]), y["train"][have["train"]], source=source.source)
                 self.preprocessors[modality] = preprocessor
-                loaded = {name: preprocessor.transform(source.rows(ids[name]), source=source.source) for name in SPLITS}
-            elif source.kind == "signal":
-                raw = {name: source.load_many(ids[name]) for name in SPLITS}
-                preprocessor = SignalPreprocessor(self.config.signal).fit(raw["train"], leads=source.leads)
-                self.preprocessors[modality] = preprocessor
-                loaded = {name: preprocessor.transform(raw[name]) for name in SPLITS}
-            else:
-                raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+            loaded: dict[str, np.ndarray] = {}
+            if source.kind == "signal":  # read the training signals once: to fit, then to transform
+                train = source.load_many(ids["train"])
+                self.preprocessors[modality] = SignalPreprocessor(self.config.signal).fit(train, leads=source.leads)
+                loaded["train"] = self.preprocessors[modality].transform(train)
+            for name in SPLITS:
+                if name not in loaded:
+                    preprocessor = self.preprocessors.get(modality)
+                    loaded[name] = modality_arrays(cohort, modality, ids[name], self.config, preprocessor)
             for name in SPLITS:
                 arrays[name][modality] = _with_placeholders(loaded[name], have[name], loaded["train"])
         return arrays
+
+    def preprocessing_state(self) -> dict[str, dict[str, Any]]:
+        """The fitted preprocessing per modality, for checkpoints (restored by :func:`restore_preprocessors`)."""
+        self._require_setup()
+        return {m: {"kind": self.cohort.modalities[m].kind} | p.state() for m, p in self.preprocessors.items()}
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -221,3 +225,40 @@ def _with_placeholders(values: np.ndarray, have: np.ndarray, like: np.ndarray) -
     full = np.zeros((len(have), *like.shape[1:]), dtype=like.dtype)
     full[have] = values
     return full
+
+
+def modality_arrays(
+    cohort: Cohort,
+    modality: str,
+    patient_ids: list[str],
+    data: DataConfig,
+    preprocessor: TabularPreprocessor | SignalPreprocessor | None,
+) -> np.ndarray:
+    """One modality of the given patients as the model sees it (fitted preprocessing applied).
+
+    Images: ``(N, H, W, C)`` ``uint8`` at ``data.image_size``; tables: ``(N, F)`` ``float32``; signals:
+    ``(N, leads, samples)`` ``float32``. Shared by training and :mod:`lightning_fusion.inference`.
+    """
+    source = cohort.modalities[modality]
+    if source.kind == "image":
+        return source.load_many(patient_ids, data.image_size)
+    if source.kind == "vector":
+        return preprocessor.transform(source.rows(patient_ids), source=source.source)
+    if source.kind == "signal":
+        return preprocessor.transform(source.load_many(patient_ids))
+    raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+
+
+def restore_preprocessors(
+    data: DataConfig, state: dict[str, dict[str, Any]], source: str
+) -> dict[str, TabularPreprocessor | SignalPreprocessor]:
+    """The fitted preprocessors of :meth:`MultimodalDataModule.preprocessing_state`."""
+    restored: dict[str, TabularPreprocessor | SignalPreprocessor] = {}
+    for modality, fitted in state.items():
+        if fitted["kind"] == "vector":
+            restored[modality] = TabularPreprocessor.from_state(data.tabular, fitted, source=source)
+        elif fitted["kind"] == "signal":
+            restored[modality] = SignalPreprocessor.from_state(data.signal, fitted)
+        else:
+            raise DataError(f"{source}: fitted preprocessing of unknown kind {fitted['kind']!r} for {modality!r}")
+    return restored

@@ -53,6 +53,26 @@ class SignalPreprocessor:
         mean, std = self.mean[None, :, None], np.maximum(self.std, _EPS)[None, :, None]
         return ((signals - mean) / std).astype(np.float32)
 
+    def state(self) -> dict[str, Any]:
+        """The fitted state for a checkpoint (plain data)."""
+        if self.shape is None:
+            raise RuntimeError("SignalPreprocessor.state called before fit")
+        return {
+            "shape": list(self.shape),
+            "leads": self.leads,
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "std": None if self.std is None else self.std.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, options: SignalConfig, state: dict[str, Any]) -> SignalPreprocessor:
+        restored = cls(options)
+        restored.shape = (int(state["shape"][0]), int(state["shape"][1]))
+        restored.leads = state["leads"]
+        restored.mean = None if state["mean"] is None else np.asarray(state["mean"], dtype=np.float64)
+        restored.std = None if state["std"] is None else np.asarray(state["std"], dtype=np.float64)
+        return restored
+
     def summary(self) -> dict[str, Any]:
         """The fitted state as plain data (for the run's artifacts)."""
         if self.shape is None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import skops.io
 from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -17,6 +18,9 @@ from sklearn.preprocessing import StandardScaler
 
 from lightning_fusion.config import TabularConfig
 from lightning_fusion.data.cohort import DataError
+
+# What skops reports as "untrusted" for the pipeline built below: a numpy dtype and the selection score.
+_TRUSTED_TYPES = {"numpy.dtype", "sklearn.feature_selection._univariate_selection.f_classif"}
 
 
 class TabularPreprocessor:
@@ -56,6 +60,31 @@ class TabularPreprocessor:
             raise DataError(f"{source}: missing columns {missing}")
         _check_numeric(frame[self.input_columns], source)
         return self.pipeline.transform(frame[self.input_columns].astype(np.float64)).to_numpy(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        """The fitted state for a checkpoint: column names and the pipeline as skops bytes (no pickle)."""
+        if self.pipeline is None:
+            raise RuntimeError("TabularPreprocessor.state called before fit")
+        return {
+            "input_columns": self.input_columns,
+            "output_columns": self.output_columns,
+            "pipeline": skops.io.dumps(self.pipeline),
+        }
+
+    @classmethod
+    def from_state(
+        cls, options: TabularConfig, state: dict[str, Any], source: str = "checkpoint"
+    ) -> TabularPreprocessor:
+        """Restore :meth:`state`; only the types this pipeline is made of are loaded."""
+        untrusted = skops.io.get_untrusted_types(data=state["pipeline"])
+        unexpected = sorted(set(untrusted) - _TRUSTED_TYPES)
+        if unexpected:
+            raise DataError(f"{source}: the tabular preprocessing holds types that are not loaded: {unexpected}")
+        restored = cls(options)
+        restored.pipeline = skops.io.loads(state["pipeline"], trusted=untrusted)
+        restored.input_columns = list(state["input_columns"])
+        restored.output_columns = list(state["output_columns"])
+        return restored
 
     def summary(self) -> dict[str, Any]:
         """The fitted state as plain data (for the run's artifacts): what was learnt from train."""

@@ -1,0 +1,60 @@
+"""``python -m lightning_fusion.predict --model <checkpoint | runs:/<run id>[/path] | models:/<name>/<version>>``
+
+Predictions of a trained model for every patient of a dataset in the model's layout (``--data.root``;
+default: the dataset it was trained on), with class probabilities and the predicted class, written to
+``--output`` (CSV). The model's reader, join checks and fitted preprocessing (restored from the
+checkpoint) are the ones of its training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_fusion.cli import log_to_stderr, run_reporting_input_errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_fusion.predict", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="checkpoint file, runs:/<run id>[/<artifact path>] or models:/<name>/<version>"
+    )
+    parser.add_argument("--data.root", dest="root", help="dataset folder in the model's layout (default: its own)")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ references")
+    args = parser.parse_args(argv)
+    log_to_stderr()
+    code, _ = run_reporting_input_errors(lambda: _predict(args))
+    return code
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from lightning_fusion.inference import load_model
+
+    model = load_model(args.model, args.tracking_uri)
+    predictions = model.predict_dataset(args.root)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    predictions.frame.to_csv(partial, index=False)
+    partial.replace(output)  # a finished file or none: never half a table
+    frame = predictions.frame
+    print(f"model: {model.source} ({', '.join(model.modalities)} → {', '.join(model.classes)})")
+    print(f"{predictions.dataset}: {len(frame)} patients predicted → {output}")
+    for reason, ids in predictions.excluded.items():
+        print(f"  not predicted, {reason}: {len(ids)} ({', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})")
+    print("  predicted: " + ", ".join(f"{c} {n}" for c, n in frame["predicted"].value_counts().items()))
+    if "training_split" in frame:
+        seen = frame["training_split"].isin(["train", "val"])
+        print(
+            f"  {int(seen.sum())} of them trained or selected this model (column training_split): their "
+            "predictions are not an evaluation; the run's test metrics are"
+        )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Using a trained model: safe loading, restored preprocessing, predictions equal to the run's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from lightning_fusion import predict as predict_cli
+from lightning_fusion.config import load_config
+from lightning_fusion.data.cohort import DataError, normalise_patient_id
+from lightning_fusion.demo import generate_mpi_cohort
+from lightning_fusion.inference import ModelLoadError, load_model, load_trained, resolve_model
+from lightning_fusion.training import fit
+from tests.conftest import small_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A fusion model (image + clinical table, with fitted imputation and scaling) trained for 3 epochs."""
+    tmp = tmp_path_factory.mktemp("predict")
+    root = generate_mpi_cohort(tmp / "mpi", 60, seed=11, image_size=32)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    config = load_config(
+        None,
+        small_overrides(
+            root,
+            **{
+                "trainer.max_epochs": 3,
+                "tracking.tracking_uri": uri,
+                "tracking.artifact_root": str(tmp / "mlruns"),
+                "tracking.experiment": "predict",
+            },
+        ),
+    )
+    result = fit(config)
+    return {"result": result, "uri": uri, "root": root, "tmp": tmp}
+
+
+def _run_test_predictions(trained) -> pd.DataFrame:
+    client = MlflowClient(trained["uri"])
+    local = client.download_artifacts(trained["result"].run_id, "test_predictions.csv", str(trained["tmp"]))
+    return pd.read_csv(local)
+
+
+@pytest.mark.slow
+def test_a_logged_run_predicts_its_test_patients_as_it_tested_them(trained):
+    model = load_model(f"runs:/{trained['result'].run_id}", trained["uri"])
+    assert model.modalities == ["image", "tabular"] and model.classes == ["normal", "ischemia", "infarction"]
+    assert set(model.preprocessors) == {"tabular"}  # fitted on the training patients, restored from the checkpoint
+    predicted = model.predict_dataset().frame.set_index("patient_id")
+    tested = _run_test_predictions(trained).set_index("patient_id")
+    probs = [c for c in tested.columns if c.startswith("prob_")]
+    rows = predicted.loc[tested.index]
+    np.testing.assert_allclose(rows[probs].to_numpy(), tested[probs].to_numpy(), atol=1e-5)
+    assert (rows["predicted"] == tested["predicted"]).all() and (rows["true"] == tested["true"]).all()
+    assert (rows["training_split"] == "test").all()
+    assert set(predicted["training_split"]) == {"train", "val", "test"}  # the whole dataset, each patient flagged
+
+
+@pytest.mark.slow
+def test_predict_cli_on_a_new_dataset_folder(trained, tmp_path, capsys):
+    new = generate_mpi_cohort(tmp_path / "new", 12, seed=99, image_size=32)
+    checkpoint = resolve_model(f"runs:/{trained['result'].run_id}", trained["uri"], tmp_path / "dl")
+    output = tmp_path / "out" / "predictions.csv"
+    code = predict_cli.main(["--model", str(checkpoint), "--data.root", str(new), "--output", str(output)])
+    assert code == 0
+    frame = pd.read_csv(output)
+    assert len(frame) == 12 and "training_split" not in frame  # new patients: nothing to flag
+    assert np.allclose(frame.filter(like="prob_").sum(axis=1), 1.0)
+    assert (frame["confidence"] == frame.filter(like="prob_").max(axis=1)).all()
+    out = capsys.readouterr().out
+    assert "12 patients predicted" in out
+
+
+@pytest.mark.slow
+def test_a_patient_without_a_needed_modality_is_reported_not_predicted(trained, tmp_path):
+    new = generate_mpi_cohort(tmp_path / "new", 12, seed=7, image_size=32)
+    table = pd.read_csv(new / "clinical.csv")
+    table.iloc[1:].to_csv(new / "clinical.csv", index=False)  # the first patient loses its clinical row
+    model = load_model(f"runs:/{trained['result'].run_id}", trained["uri"])
+    result = model.predict_dataset(new)
+    assert len(result.frame) == 11
+    assert result.excluded == {"no tabular": [normalise_patient_id(table.iloc[0]["patient_id"])]}
+
+
+def test_model_references_that_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="remote checkpoints are not loaded"):
+        resolve_model("https://example.org/model.ckpt")
+    with pytest.raises(ModelLoadError, match="no such checkpoint"):
+        resolve_model(str(tmp_path / "missing.ckpt"))
+    (tmp_path / "two").mkdir()
+    for name in ("a.ckpt", "b.ckpt"):
+        (tmp_path / "two" / name).write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="expected one .ckpt file"):
+        resolve_model(str(tmp_path / "two"))
+
+
+class _Payload:  # a pickled object: loading it would run code, so weights_only refuses it
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoints_that_are_not_ours_or_not_safe(tmp_path):
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
+    with pytest.raises(ModelLoadError, match="not a lightning_fusion checkpoint"):
+        load_trained(other)
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload()}, unsafe)
+    with pytest.raises(ModelLoadError, match="weights_only"):
+        load_trained(unsafe)
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_fit_the_config_are_an_error(trained, tmp_path):
+    path = resolve_model(f"runs:/{trained['result'].run_id}", trained["uri"], tmp_path / "dl")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["model"]["head"]["widths"] = [7]
+    broken = tmp_path / "broken.ckpt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(ModelLoadError, match="do not fit the model"):
+        load_trained(broken)
+    del checkpoint["lightning_fusion"]
+    torch.save(checkpoint, broken)
+    with pytest.raises(ModelLoadError, match="no fitted preprocessing"):
+        load_trained(broken)
+
+
+@pytest.mark.slow
+def test_inputs_of_another_shape_or_without_a_modality_are_clear_errors(trained, tmp_path):
+    model = load_model(f"runs:/{trained['result'].run_id}", trained["uri"])
+    other = generate_mpi_cohort(tmp_path / "big", 12, seed=1, image_size=48)
+    arrays = model.dataset_arrays(model.read_cohort(other))[1]
+    assert arrays["image"].shape[1:] == (32, 32, 9)  # read at the model's image size, whatever the files' size
+    with pytest.raises(DataError, match="trained on samples of shape"):
+        model.predict_arrays({"image": arrays["image"][:, :20], "tabular": arrays["tabular"]})
+    with pytest.raises(DataError, match="missing \\['tabular'\\]"):
+        model.predict_arrays({"image": arrays["image"]})
