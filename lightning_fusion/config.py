@@ -249,6 +249,7 @@ class EvaluationConfig:
     bootstrap_seed: int = 0
     calibration_bins: int = 15
     temperature_scaling: bool = False  # fit one temperature on validation predictions; report calibrated too
+    explain_patients: int = 4  # explanations (Grad-CAM, attributions, modality drops) of the first N test patients
 
     def __post_init__(self) -> None:
         if self.bootstrap_resamples < 1000:
@@ -257,6 +258,8 @@ class EvaluationConfig:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if self.calibration_bins < 2:
             raise ValueError(f"calibration_bins must be >= 2, got {self.calibration_bins}")
+        if self.explain_patients < 0:
+            raise ValueError(f"explain_patients must be >= 0, got {self.explain_patients}")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ class PredictionSet:
     frame: pd.DataFrame  # patient_id, predicted, confidence, prob_<class>..., [true], [training_split]
     excluded: dict[str, list[str]]  # reason → patient ids
     dataset: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the model inputs, row = patient
 
 
 @dataclass
@@ -180,7 +181,18 @@ class TrainedModel:
         if self.splits and root is None:  # the training dataset: say which patients the model has seen
             where = {pid: name for name, members in self.splits.items() for pid in members}
             frame["training_split"] = [where.get(pid, "") for pid in ids]
-        return PredictionSet(frame, excluded, cohort.name)
+        return PredictionSet(frame, excluded, cohort.name, arrays)
+
+    def feature_names(self) -> dict[str, list[str]]:
+        """Tabular modality → its columns after the fitted preprocessing (what the network sees)."""
+        return {m: list(p.output_columns) for m, p in self.preprocessors.items() if hasattr(p, "output_columns")}
+
+    def explain(self, patient_ids: list[str], arrays: dict[str, np.ndarray], folder: Path) -> dict[str, Any]:
+        """Explanations of these patients into ``folder`` (see :mod:`lightning_fusion.explain_files`)."""
+        from lightning_fusion.explain_files import explain_patients
+
+        self.check_arrays(arrays)
+        return explain_patients(self.module, patient_ids, arrays, self.feature_names(), folder)
 
     def prediction_frame(self, patient_ids: list[str], probs: np.ndarray) -> pd.DataFrame:
         frame = pd.DataFrame(

@@ -3,7 +3,8 @@
 Predictions of a trained model for every patient of a dataset in the model's layout (``--data.root``;
 default: the dataset it was trained on), with class probabilities and the predicted class, written to
 ``--output`` (CSV). The model's reader, join checks and fitted preprocessing (restored from the
-checkpoint) are the ones of its training run.
+checkpoint) are the ones of its training run. ``--explain N`` also writes explanations of the first N
+patients into ``<output stem>_explanations/`` (see :mod:`lightning_fusion.explain_files`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data.root", dest="root", help="dataset folder in the model's layout (default: its own)")
     parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ references")
+    parser.add_argument("--explain", type=int, default=0, metavar="N", help="explain the first N patients")
     args = parser.parse_args(argv)
+    if args.explain < 0:
+        parser.error(f"--explain needs N >= 0, got {args.explain}")
     log_to_stderr()
     code, _ = run_reporting_input_errors(lambda: _predict(args))
     return code
@@ -53,6 +57,14 @@ def _predict(args: argparse.Namespace) -> None:
             f"  {int(seen.sum())} of them trained or selected this model (column training_split): their "
             "predictions are not an evaluation; the run's test metrics are"
         )
+    if args.explain:
+        folder = output.with_name(output.stem + "_explanations")
+        ids = list(frame["patient_id"][: args.explain])
+        arrays = {m: a[: len(ids)] for m, a in predictions.arrays.items()}
+        summary = model.explain(ids, arrays, folder)
+        print(f"  explanations of {len(ids)} patients → {folder}")
+        for part, reason in summary["skipped"].items():
+            print(f"  not explained, {part}: {reason}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ class RunLogger(MLFlowLogger):
         self.experiment.log_artifact(self.run_id, str(path), artifact_path)
 
     @rank_zero_only
+    def log_folder(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.experiment.log_artifacts(self.run_id, str(path), artifact_path)
+
+    @rank_zero_only
     def log_frame_csv(self, frame: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

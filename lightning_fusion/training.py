@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,8 @@ def fit(
                     val,
                     title=f"{config.name}: {kinds}",
                 )
+                if config.evaluation.explain_patients:
+                    log_explanations(logger, module, datamodule, config.evaluation.explain_patients)
         elif trainer.is_global_zero:  # a sweep trial: validation only
             log_data_summary(logger, summary)
         if trainer.is_global_zero and best and config.tracking.log_checkpoint:
@@ -333,6 +336,20 @@ def log_tested_model(
         "report.html",
     )
     return result.metrics()
+
+
+def log_explanations(logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, count: int) -> None:
+    """``explanations/`` artifacts of the first ``count`` test patients, with the tested (best) weights."""
+    from lightning_fusion.explain_files import explain_patients
+
+    test = datamodule.datasets["test"]
+    ids = test.patient_ids[:count]
+    arrays = {m: test.arrays[m][: len(ids)] for m in module.modalities}
+    present = {m: flags[: len(ids)] for m, flags in test.present.items() if m in module.modalities} or None
+    names = {m: p.output_columns for m, p in datamodule.preprocessors.items() if hasattr(p, "output_columns")}
+    with tempfile.TemporaryDirectory() as folder:
+        explain_patients(module, ids, arrays, names, Path(folder), present)
+        logger.log_folder(folder, "explanations")
 
 
 def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:

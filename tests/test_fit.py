@@ -122,6 +122,20 @@ def test_run_artifacts(trained):
     accuracy = (predictions["true"] == predictions["predicted"]).mean()
     assert trained["run"].data.metrics["test/accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert load_config(None, yaml.safe_load((local / "config.yaml").read_text())) == trained["config"]
+    # Explanations of the first test patients (32 px: a 1x1 feature map, so the overlays exist but say little).
+    explained = json.loads((local / "explanations" / "explanations.json").read_text())
+    assert len(explained["patients"]) == 4 and set(explained["patients"]) <= set(splits["test"])
+    for pid in explained["patients"]:
+        assert sorted(p.name for p in (local / "explanations" / pid).glob("*.png")) == [
+            "image_view0.png",
+            "image_view1.png",
+            "image_view2.png",
+        ]
+    attributions = pd.read_csv(local / "explanations" / "tabular_attributions.csv")
+    assert set(attributions["patient_id"]) == set(explained["patients"])
+    drops = pd.read_csv(local / "explanations" / "modality_contributions.csv")
+    assert list(drops["patient_id"]) == explained["patients"]
+    assert {"delta_without_image", "delta_without_tabular"} <= set(drops.columns)
     # Intervals around the logged value, computed from the saved predictions; the report shows them.
     metrics = trained["run"].data.metrics
     for name in ("accuracy", "balanced_accuracy", "f1_macro", "auroc"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,6 +75,23 @@ def test_predict_cli_on_a_new_dataset_folder(trained, tmp_path, capsys):
     assert (frame["confidence"] == frame.filter(like="prob_").max(axis=1)).all()
     out = capsys.readouterr().out
     assert "12 patients predicted" in out
+    assert (
+        predict_cli.main(
+            ["--model", str(checkpoint), "--data.root", str(new), "--output", str(output), "--explain", "2"]
+        )
+        == 0
+    )
+    folder = output.with_name("predictions_explanations")
+    summary = json.loads((folder / "explanations.json").read_text())
+    assert summary["patients"] == list(frame["patient_id"][:2])
+    assert summary["predicted"] == list(frame["predicted"][:2])  # the classes explained are the ones predicted
+    attributions = pd.read_csv(folder / "tabular_attributions.csv")
+    model = load_trained(checkpoint)
+    assert (
+        list(attributions["feature"][attributions["patient_id"] == summary["patients"][0]])
+        == model.feature_names()["tabular"]
+    )
+    assert all((folder / pid / "image_view0.png").is_file() for pid in summary["patients"])
 
 
 @pytest.mark.slow
