@@ -271,6 +271,7 @@ class TrackingConfig:
     experiment: str = "lightning_fusion"
     run_name: str | None = None
     log_checkpoint: bool = True
+    log_model: bool = True  # the best model as an MLflow pyfunc model (``model``): mlflow models serve
 
 
 @dataclass

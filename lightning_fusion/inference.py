@@ -169,6 +169,46 @@ class TrainedModel:
                     f"modality {modality!r}: the model was trained on samples of shape {expected}, got {shape}"
                 )
 
+    def inputs_from_raw(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Model inputs from raw per-modality values (what a REST client or the web page sends).
+
+        Images: ``(N, H, W, C)`` ``uint8`` at the model's image size, views stacked on the channel axis as
+        in training. Tables: ``(N, F)`` raw values in the order of the training table's columns
+        (``NaN`` for a missing value: the fitted imputation fills it), or a DataFrame with those columns.
+        Signals: ``(N, leads, samples)`` raw. The fitted preprocessing is applied here.
+        """
+        missing = [m for m in self.modalities if m not in raw]
+        if missing:
+            raise DataError(f"the model needs modalities {self.modalities}; missing {missing}")
+        arrays: dict[str, np.ndarray] = {}
+        for modality in self.modalities:
+            kind, value = self.specs[modality]["kind"], raw[modality]
+            if kind == "image":
+                array = np.asarray(value)
+                if array.dtype != np.uint8:
+                    if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
+                        raise DataError(f"modality {modality!r}: images must be uint8 values 0-255")
+                    array = array.astype(np.uint8)
+                arrays[modality] = array
+            elif kind == "vector":
+                preprocessor = self.preprocessors[modality]
+                columns = preprocessor.input_columns
+                if isinstance(value, pd.DataFrame):
+                    frame = value
+                else:
+                    array = np.asarray(value, dtype=np.float64)
+                    if array.ndim != 2 or array.shape[1] != len(columns):
+                        raise DataError(
+                            f"modality {modality!r}: expected (N, {len(columns)}) values in the column order "
+                            f"{columns}, got shape {array.shape}"
+                        )
+                    frame = pd.DataFrame(array, columns=columns)
+                arrays[modality] = preprocessor.transform(frame, source=modality)
+            else:
+                arrays[modality] = self.preprocessors[modality].transform(np.asarray(value, dtype=np.float32))
+        self.check_arrays(arrays)
+        return arrays
+
     def predict_dataset(self, root: str | Path | None = None) -> PredictionSet:
         """Predictions for every patient of the dataset at ``root`` that has the model's modalities."""
         cohort = self.read_cohort(root)

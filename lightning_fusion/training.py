@@ -252,6 +252,10 @@ def fit(
             log_data_summary(logger, summary)
         if trainer.is_global_zero and best and config.tracking.log_checkpoint:
             logger.log_file(best, "checkpoints")
+        if trainer.is_global_zero and best and run_test and config.tracking.log_model:
+            from lightning_fusion.serving import log_pyfunc
+
+            log_pyfunc(logger, best)
         logger.close("success")
     except BaseException:
         logger.close("failed")

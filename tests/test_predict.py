@@ -158,3 +158,93 @@ def test_inputs_of_another_shape_or_without_a_modality_are_clear_errors(trained,
         model.predict_arrays({"image": arrays["image"][:, :20], "tabular": arrays["tabular"]})
     with pytest.raises(DataError, match="missing \\['tabular'\\]"):
         model.predict_arrays({"image": arrays["image"]})
+
+
+def _raw_patients(model, count):
+    """Raw inputs of the first patients of the training dataset, as a REST client would send them."""
+    from lightning_fusion.data.datamodule import modality_arrays
+
+    cohort = model.read_cohort()
+    ids = sorted(cohort.labels.index)[:count]
+    raw = {
+        "image": modality_arrays(cohort, "image", ids, model.config.data, None),
+        "tabular": cohort.modalities["tabular"].rows(ids).to_numpy(np.float64),
+    }
+    return ids, raw
+
+
+@pytest.mark.slow
+def test_the_logged_pyfunc_model_predicts_raw_inputs_and_loads_from_the_registry(trained, monkeypatch):
+    import mlflow
+
+    run_id = trained["result"].run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    mlflow.set_tracking_uri(trained["uri"])
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    inputs = {s.name: s for s in pyfunc.metadata.get_input_schema().inputs}
+    assert inputs["image"].shape == (-1, 32, 32, 9) and inputs["tabular"].type == np.dtype("float64")
+    model = load_model(f"runs:/{run_id}", trained["uri"])
+    ids, raw = _raw_patients(model, 4)
+    raw["tabular"][0, 0] = np.nan  # a missing value: the fitted imputation fills it
+    answer = pyfunc.predict(raw)
+    probs = model.predict_arrays(model.inputs_from_raw(raw))
+    np.testing.assert_allclose(answer[[f"prob_{c}" for c in model.classes]].to_numpy(), probs, atol=1e-6)
+    assert list(answer["predicted"]) == [model.classes[i] for i in probs.argmax(axis=1)]
+    # Registered, it loads by name and version; predict and the pyfunc share one checkpoint.
+    client = MlflowClient(trained["uri"])
+    client.create_registered_model("demo-fusion")
+    client.create_model_version("demo-fusion", f"runs:/{run_id}/model", run_id=run_id)
+    registered = load_model("models:/demo-fusion/1", trained["uri"])
+    np.testing.assert_allclose(registered.predict_arrays(registered.inputs_from_raw(raw)), probs, atol=1e-6)
+    with pytest.raises(DataError, match="expected \\(N, 45\\) values"):
+        model.inputs_from_raw({"image": raw["image"], "tabular": raw["tabular"][:, :3]})
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_rest_prediction(trained, tmp_path):
+    import json as json_
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_id = trained["result"].run_id
+    env = dict(os.environ, MLFLOW_TRACKING_URI=trained["uri"])
+    mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model"]
+    server = subprocess.Popen(
+        [*mlflow_cli, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 - closed with the process
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(1)
+        model = load_model(f"runs:/{run_id}", trained["uri"])
+        _, raw = _raw_patients(model, 1)
+        complete = ~np.isnan(raw["tabular"][0])
+        raw["tabular"] = np.where(complete, raw["tabular"], None).tolist()  # JSON null for a missing value
+        body = json_.dumps({"inputs": {"image": raw["image"].tolist(), "tabular": raw["tabular"]}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        answer = json_.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    expected = model.predict_arrays(
+        model.inputs_from_raw({"image": raw["image"], "tabular": np.array(raw["tabular"], dtype=float)})
+    )[0]
+    assert answer["predicted"] == model.classes[int(expected.argmax())]
+    assert [answer[f"prob_{c}"] for c in model.classes] == pytest.approx(list(expected), abs=1e-6)
