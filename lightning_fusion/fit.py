@@ -99,6 +99,10 @@ def _print_summary(result) -> None:
             "intervals in brackets; report.html in the run)"
         )
     print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri)
+    if result.model_logged:
+        uri, run = result.tracking_uri, result.run_id
+        print(f"  predict: python -m lightning_fusion.predict --model runs:/{run} --tracking-uri {uri}")
+        print(f"  serve:   MLFLOW_TRACKING_URI={uri} mlflow models serve -m runs:/{run}/model --env-manager local")
 
 
 if __name__ == "__main__":

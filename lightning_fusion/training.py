@@ -78,6 +78,7 @@ class FitResult:
     predictions: dict[str, Predictions] | None = None
     seconds: float = 0.0
     epochs: int = 0  # epochs trained
+    model_logged: bool = False  # the pyfunc model is the run's ``model`` artifact
 
 
 def model_kind(kinds: list[str]) -> str:
@@ -217,6 +218,7 @@ def fit(
         tags["mlflow.parentRunId"] = parent_run_id
     logger = create_run_logger(config.tracking, run_name or f"{config.name}-{tags['lf.model_kind']}", tags)
     predictions: dict[str, Predictions] | None = None
+    model_logged = False
     # Only rank 0 has an MLflow run; ModelCheckpoint broadcasts rank 0's folder to the other ranks.
     staging = Path(config.tracking.artifact_root).expanduser() / ".staging" / (logger.run_id or "not-rank-zero")
     try:
@@ -256,6 +258,7 @@ def fit(
             from lightning_fusion.serving import log_pyfunc
 
             log_pyfunc(logger, best)
+            model_logged = True
         logger.close("success")
     except BaseException:
         logger.close("failed")
@@ -275,6 +278,7 @@ def fit(
         predictions=predictions,
         seconds=time.perf_counter() - started,
         epochs=trainer.current_epoch,
+        model_logged=model_logged,
     )
 
 

@@ -16,7 +16,7 @@ from lightning_fusion.data.cohort import DataError, normalise_patient_id
 from lightning_fusion.demo import generate_mpi_cohort
 from lightning_fusion.inference import ModelLoadError, load_model, load_trained, resolve_model
 from lightning_fusion.training import fit
-from tests.conftest import small_overrides
+from tests.conftest import PROJECT_ROOT, small_overrides
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,51 @@ def test_mlflow_models_serve_answers_a_rest_prediction(trained, tmp_path):
     )[0]
     assert answer["predicted"] == model.classes[int(expected.argmax())]
     assert [answer[f"prob_{c}"] for c in model.classes] == pytest.approx(list(expected), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_the_real_ptbxl_subset_predicts_explains_and_serves(shared_data, tmp_path, monkeypatch):
+    """Signal + metadata on real PTB-XL records (1 short epoch): predict = the run's test predictions."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(
+        PROJECT_ROOT / "experiments" / "ptbxl_fusion.yaml",
+        {
+            "data.root": str(shared_data / "ptbxl"),
+            "data.reader.train_folds": [1, 2, 3, 4, 5, 6, 7],
+            "data.reader.val_folds": [8],
+            "data.reader.test_folds": [9],
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 3,
+            "trainer.accelerator": "cpu",
+            "evaluation.explain_patients": 2,
+            "tracking.tracking_uri": uri,
+            "tracking.artifact_root": str(tmp_path / "mlruns"),
+        },
+    )
+    run_id = fit(config).run_id
+    model = load_model(f"runs:/{run_id}", uri)
+    assert model.modalities == ["signal", "tabular"] and set(model.preprocessors) == {"signal", "tabular"}
+    predicted = model.predict_dataset().frame.set_index("patient_id")
+    client = MlflowClient(uri)
+    tested = pd.read_csv(client.download_artifacts(run_id, "test_predictions.csv", str(tmp_path))).set_index(
+        "patient_id"
+    )
+    tested.index = tested.index.astype(str)
+    probs = [f"prob_{c}" for c in model.classes]
+    np.testing.assert_allclose(predicted.loc[tested.index, probs].to_numpy(), tested[probs].to_numpy(), atol=1e-5)
+    explained = json.loads(
+        open(client.download_artifacts(run_id, "explanations/explanations.json", str(tmp_path))).read()
+    )
+    assert len(explained["patients"]) == 2 and "modality_contributions" in explained  # no image: no Grad-CAM
+    # The pyfunc model takes the raw signal and metadata of a record.
+    cohort = model.read_cohort()
+    ids = list(tested.index[:2])
+    raw = {"signal": cohort.modalities["signal"].load_many(ids), "tabular": cohort.modalities["tabular"].rows(ids)}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    answer = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(
+        {"signal": raw["signal"], "tabular": raw["tabular"].to_numpy(np.float64)}
+    )
+    np.testing.assert_allclose(answer[probs].to_numpy(), tested.loc[ids, probs].to_numpy(), atol=1e-5)
