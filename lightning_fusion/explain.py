@@ -393,11 +393,13 @@ def tabular_attributions(
         n_steps, internal_batch_size: captum's integration steps and rows per forward pass.
 
     Feature names are the caller's (e.g. the data module's tabular preprocessor ``output_columns``).
+    A signal modality ``(B, leads, samples)`` works the same way (attributions of the same shape); with
+    per-lead normalisation the zero baseline is the training mean of each lead.
     """
     kind = _kind(module, modality, batch)
-    if kind != "vector":
+    if kind not in ("vector", "signal"):
         raise ValueError(
-            f"tabular_attributions explains tabular (vector) modalities; {modality!r} is a {kind} modality"
+            f"tabular_attributions explains tabular (vector) and signal modalities; {modality!r} is a {kind} modality"
             + (" (use grad_cam)" if kind == "image" else "")
         )
     if output not in ("logit", "probability"):

@@ -63,7 +63,8 @@ def explain_patients(
     Args:
         module: the trained :class:`~lightning_fusion.lit.FusionLitModule`.
         arrays: modality → model inputs as :func:`~lightning_fusion.data.datamodule.modality_arrays` gives.
-        feature_names: tabular modality → its columns after the fitted preprocessing.
+        feature_names: tabular modality → its columns after the fitted preprocessing; signal modality →
+            its lead names.
         present: modality → ``(N,)`` bool for modalities some patients lack (their rows are placeholders).
 
     Returns the summary also written to ``explanations.json``.
@@ -79,6 +80,7 @@ def explain_patients(
     predicted = probs.argmax(axis=1)
     summary["predicted"] = [classes[i] for i in predicted]
     attribution_rows: list[dict[str, Any]] = []
+    signal_rows: list[dict[str, Any]] = []
     for modality in module.modalities:
         kind = kinds[modality]
         try:
@@ -102,11 +104,29 @@ def explain_patients(
                     "Integrated Gradients of the predicted class's logit from a zero baseline "
                     "(the training mean after z-scoring); values are the preprocessed inputs"
                 )
+            elif kind == "signal":
+                values = tabular_attributions(module, batch, modality, target=predicted)  # (B, leads, T)
+                leads = list(feature_names.get(modality, [f"lead_{i}" for i in range(values.shape[1])]))
+                signal_rows += [
+                    {"patient_id": pid, "modality": modality, "lead": lead, "attribution": a.sum(), "abs": abs(a).sum()}
+                    for pid, per_lead in zip(patient_ids, values)
+                    for lead, a in zip(leads, per_lead)
+                ]
+                for pid, per_lead, cls in zip(patient_ids, values, predicted):
+                    path = folder / _safe(pid) / f"{modality}_attributions.png"
+                    _signal_figure(per_lead, leads, path, f"{pid}: {modality}, Integrated Gradients for {classes[cls]}")
+                    summary["written"].append(str(path.relative_to(folder)))
+                summary.setdefault("methods", {})[modality] = (
+                    "Integrated Gradients of the predicted class's logit from a zero signal (the training mean "
+                    "of each lead after normalisation); per lead summed over time in signal_attributions.csv"
+                )
         except ValueError as err:  # not defined for this model: say so
             summary["skipped"][modality] = str(err)
             log.warning("explanations: %s skipped: %s", modality, err)
     if attribution_rows:
         pd.DataFrame(attribution_rows).to_csv(folder / "tabular_attributions.csv", index=False)
+    if signal_rows:
+        pd.DataFrame(signal_rows).to_csv(folder / "signal_attributions.csv", index=False)
     if len(module.modalities) > 1:
         drops = modality_contributions(module, batch, target=predicted)
         frame = pd.DataFrame(
@@ -126,6 +146,22 @@ def explain_patients(
         summary["skipped"]["modality_contributions"] = "a one-modality model has no modality to drop"
     (folder / "explanations.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _signal_figure(attributions: np.ndarray, leads: Sequence[str], path: Path, title: str) -> None:
+    """A leads x time heat map of one patient's signal attributions (red: for the class, blue: against)."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    limit = float(np.abs(attributions).max()) or 1.0
+    figure, axis = plt.subplots(figsize=(8, 0.3 * len(leads) + 1.2))
+    axis.imshow(attributions, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    axis.set_yticks(range(len(leads)), leads)
+    axis.set_xlabel("sample")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def _safe(patient_id: str) -> str:

@@ -224,8 +224,8 @@ class TrainedModel:
         return PredictionSet(frame, excluded, cohort.name, arrays)
 
     def feature_names(self) -> dict[str, list[str]]:
-        """Tabular modality → its columns after the fitted preprocessing (what the network sees)."""
-        return {m: list(p.output_columns) for m, p in self.preprocessors.items() if hasattr(p, "output_columns")}
+        """Tabular modality → its columns after the fitted preprocessing; signal modality → its leads."""
+        return feature_names(self.preprocessors)
 
     def explain(self, patient_ids: list[str], arrays: dict[str, np.ndarray], folder: Path) -> dict[str, Any]:
         """Explanations of these patients into ``folder`` (see :mod:`lightning_fusion.explain_files`)."""
@@ -245,6 +245,17 @@ class TrainedModel:
         for i, name in enumerate(self.classes):
             frame[f"prob_{name}"] = probs[:, i]
         return frame
+
+
+def feature_names(preprocessors: dict[str, Any]) -> dict[str, list[str]]:
+    """Column names of fitted tabular preprocessors (after selection) and lead names of signal ones."""
+    names = {}
+    for modality, preprocessor in preprocessors.items():
+        if hasattr(preprocessor, "output_columns"):
+            names[modality] = list(preprocessor.output_columns)
+        elif getattr(preprocessor, "leads", None):
+            names[modality] = list(preprocessor.leads)
+    return names
 
 
 def load_trained(path: str | Path) -> TrainedModel:

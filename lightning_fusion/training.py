@@ -349,12 +349,13 @@ def log_tested_model(
 def log_explanations(logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, count: int) -> None:
     """``explanations/`` artifacts of the first ``count`` test patients, with the tested (best) weights."""
     from lightning_fusion.explain_files import explain_patients
+    from lightning_fusion.inference import feature_names
 
     test = datamodule.datasets["test"]
     ids = test.patient_ids[:count]
     arrays = {m: test.arrays[m][: len(ids)] for m in module.modalities}
     present = {m: flags[: len(ids)] for m, flags in test.present.items() if m in module.modalities} or None
-    names = {m: p.output_columns for m, p in datamodule.preprocessors.items() if hasattr(p, "output_columns")}
+    names = feature_names(datamodule.preprocessors)
     with tempfile.TemporaryDirectory() as folder:
         explain_patients(module, ids, arrays, names, Path(folder), present)
         logger.log_folder(folder, "explanations")
