@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class TrainedModel:
 
     module: FusionLitModule
     preprocessors: dict[str, Any]
-    source: Path
+    source: Path | str  # the checkpoint file, or the runs:/ or models:/ reference it was fetched by
     splits: dict[str, list[str]]  # the training run's split (patient ids), empty if unknown
 
     @property
@@ -300,8 +301,13 @@ def load_trained(path: str | Path) -> TrainedModel:
 
 
 def load_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> TrainedModel:
-    """:func:`resolve_model` then :func:`load_trained`."""
-    return load_trained(resolve_model(reference, tracking_uri, download_to))
+    """:func:`resolve_model` then :func:`load_trained`; an MLflow download is deleted once loaded."""
+    if download_to is not None or not reference.startswith(_SCHEMES):
+        return load_trained(resolve_model(reference, tracking_uri, download_to))
+    with tempfile.TemporaryDirectory(prefix="lf-model-") as folder:
+        model = load_trained(resolve_model(reference, tracking_uri, Path(folder)))
+    model.source = reference
+    return model
 
 
 __all__ = ["ModelLoadError", "PredictionSet", "TrainedModel", "load_model", "load_trained", "resolve_model"]

@@ -71,9 +71,7 @@ def metric_plot(study: optuna.Study, spec_study: Study):
     axes.errorbar(
         grouped["x"], grouped["mean"], yerr=np.nan_to_num(grouped["std"]), marker="o", capsize=3, label="mean ± sd"
     )
-    axes.set(
-        xlabel=param, ylabel=spec_study.spec.metric, title=f"{spec_study.name}: {spec_study.spec.metric}"
-    )
+    axes.set(xlabel=param, ylabel=spec_study.spec.metric, title=f"{spec_study.name}: {spec_study.spec.metric}")
     axes.legend(fontsize=8)
     figure.tight_layout()
     return param, figure

@@ -1,0 +1,79 @@
+"""One patient's model inputs → class probabilities and a Grad-CAM overlay per view of each image modality.
+
+The heat maps explain the predicted class (:func:`lightning_fusion.explain.grad_cam`). Where Grad-CAM
+is undefined for the model (a non-CNN backbone, a stacked early-fusion input) or carries no spatial
+information (a 1×1 last feature map), the reason is kept as a message instead of an overlay.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import default_collate
+
+from lightning_fusion.app.expectations import ModalityInput
+from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.explain import grad_cam, view_overlays
+from lightning_fusion.inference import TrainedModel
+
+
+@dataclass
+class CamResult:
+    """The Grad-CAM overlays of one image modality (PNG bytes, one per view), or why there are none."""
+
+    modality: str
+    view_names: list[str]
+    overlays: list[bytes] = field(default_factory=list)
+    message: str | None = None
+
+
+@dataclass
+class PatientPrediction:
+    """The predicted class, every class's probability, and the Grad-CAM results of the image modalities."""
+
+    predicted: str
+    probabilities: dict[str, float]
+    cams: list[CamResult]
+
+
+def predict_patient(
+    model: TrainedModel, inputs: Sequence[ModalityInput], arrays: dict[str, np.ndarray]
+) -> PatientPrediction:
+    """Probabilities for the one patient in ``arrays`` and the Grad-CAM of its predicted class.
+
+    Not thread-safe (Grad-CAM hooks the model): callers serialise calls on one model.
+    """
+    probabilities = model.predict_arrays(arrays)[0]
+    predicted = int(np.argmax(probabilities))
+    kinds = {m: spec["kind"] for m, spec in model.specs.items()}
+    batch = default_collate([MultimodalDataset(["patient"], np.zeros(1), arrays, kinds)[0]])
+    cams = [_cam(model, batch, item, predicted) for item in inputs if item.kind == "image"]
+    return PatientPrediction(
+        predicted=model.classes[predicted],
+        probabilities={name: float(p) for name, p in zip(model.classes, probabilities)},
+        cams=cams,
+    )
+
+
+def _cam(model: TrainedModel, batch: dict, item: ModalityInput, target: int) -> CamResult:
+    result = CamResult(item.name, list(item.view_names))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            maps = grad_cam(model.module, batch, item.name, target=target)
+        except ValueError as err:
+            result.message = f"no Grad-CAM for {item.name}: {err}"
+            return result
+    notes = [str(w.message) for w in caught if "Grad-CAM" in str(w.message)]
+    if notes:
+        result.message = "; ".join(dict.fromkeys(notes))
+    for overlay in view_overlays(batch[item.name][0], maps[0], views=item.count):
+        buffer = io.BytesIO()
+        Image.fromarray(overlay).save(buffer, format="PNG")
+        result.overlays.append(buffer.getvalue())
+    return result
