@@ -45,13 +45,7 @@ VIEWS = ["QPS AC", "Stress QGS AC", "Rest QGS AC"]  # the MPI reader's view orde
 MAX_UPLOAD_MB = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

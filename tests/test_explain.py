@@ -31,13 +31,7 @@ MODEL_IDS = ["+".join(m) + f"-{f}" for m, f in IMAGE_MODELS]
 TABULAR_IDS = ["+".join(m) + f"-{f}" for m, f in TABULAR_MODELS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin-wait (a 5-image forward: 0.6 s vs 6 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
