@@ -241,7 +241,8 @@ def test_postgres_killed_worker_trial_is_failed_and_retried(tmp_path, small_coho
             ]
         except KeyError:  # the study is not created yet
             running = []
-        if running and _runs(mlflow_store["uri"])[1]:  # inside a trial, with its MLflow run started
+        trial_runs = [r for r in _runs(mlflow_store["uri"])[1] if "optuna.trial" in r.data.tags]
+        if running and trial_runs:  # inside a trial, with its MLflow run started
             break
         time.sleep(0.5)
     assert running, "the worker never started a trial"
