@@ -1,10 +1,12 @@
 """``python -m lightning_fusion.predict --model <checkpoint | runs:/<run id>[/path] | models:/<name>/<version>>``
 
 Predictions of a trained model for every patient of a dataset in the model's layout (``--data.root``;
-default: the dataset it was trained on), with class probabilities and the predicted class, written to
-``--output`` (CSV). The model's reader, join checks and fitted preprocessing (restored from the
-checkpoint) are the ones of its training run. ``--explain N`` also writes explanations of the first N
-patients into ``<output stem>_explanations/`` (see :mod:`lightning_fusion.explain_files`).
+default: the dataset it was trained on), or for one patient's folder of files (``--patient DIR``: the
+files the web page takes, e.g. the image views and a one-row clinical CSV), with class probabilities
+and the predicted class, written to ``--output`` (CSV). The model's reader, join checks and fitted
+preprocessing (restored from the checkpoint) are the ones of its training run. ``--explain N`` also
+writes explanations of the first N patients into ``<output stem>_explanations/`` (see
+:mod:`lightning_fusion.explain_files`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--model", required=True, help="checkpoint file, runs:/<run id>[/<artifact path>] or models:/<name>/<version>"
     )
-    parser.add_argument("--data.root", dest="root", help="dataset folder in the model's layout (default: its own)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--data.root", dest="root", help="dataset folder in the model's layout (default: its own)")
+    where.add_argument("--patient", help="one patient's folder: a file per modality (image views: one per view)")
     parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ references")
     parser.add_argument("--explain", type=int, default=0, metavar="N", help="explain the first N patients")
@@ -39,7 +43,7 @@ def _predict(args: argparse.Namespace) -> None:
     from lightning_fusion.inference import load_model
 
     model = load_model(args.model, args.tracking_uri)
-    predictions = model.predict_dataset(args.root)
+    predictions = _predict_patient(model, Path(args.patient)) if args.patient else model.predict_dataset(args.root)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
@@ -65,6 +69,21 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"  explanations of {len(ids)} patients → {folder}")
         for part, reason in summary["skipped"].items():
             print(f"  not explained, {part}: {reason}")
+
+
+def _predict_patient(model, folder: Path):
+    """The one patient in ``folder``, read as the web page reads an upload."""
+    from lightning_fusion.app.expectations import model_inputs
+    from lightning_fusion.app.uploads import read_patient_folder
+    from lightning_fusion.data.cohort import normalise_patient_id
+    from lightning_fusion.inference import PredictionSet
+
+    patient = read_patient_folder(model, model_inputs(model), folder)
+    for note in patient.notes:
+        print(f"  {note}")
+    patient_id = normalise_patient_id(patient.patient_id) if patient.patient_id else folder.name
+    frame = model.prediction_frame([patient_id], model.predict_arrays(patient.arrays))
+    return PredictionSet(frame, {}, f"patient folder {folder}", patient.arrays)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,31 @@ def test_predict_cli_on_a_new_dataset_folder(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_one_patient_folder_is_predicted_like_the_same_patient_in_its_dataset(trained, tmp_path, capsys):
+    folder = tmp_path / "patient"
+    source = next((trained["root"] / "Normal").iterdir())
+    shutil.copytree(source, folder)
+    table = pd.read_csv(trained["root"] / "clinical.csv")
+    row = table[[normalise_patient_id(p) == normalise_patient_id(source.name) for p in table["patient_id"]]]
+    row.to_csv(folder / "clinical.csv", index=False)
+    (folder / "notes.txt").write_text("not a modality")
+    model = f"runs:/{trained['result'].run_id}"
+    output = tmp_path / "one.csv"
+    argv = ["--model", model, "--tracking-uri", trained["uri"], "--patient", str(folder), "--output", str(output)]
+    assert predict_cli.main(argv) == 0
+    one = pd.read_csv(output)
+    assert "not used: notes.txt" in capsys.readouterr().out
+    everyone = load_model(model, trained["uri"]).predict_dataset().frame.set_index("patient_id")
+    expected = everyone.loc[normalise_patient_id(source.name)]
+    assert one["patient_id"].tolist() == [normalise_patient_id(source.name)]
+    probs = [c for c in one.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(one[probs].to_numpy()[0], expected[probs].to_numpy(dtype=float), atol=1e-6)
+    (folder / "clinical.csv").unlink()
+    assert predict_cli.main(argv) == 2  # the table is missing: a data error naming it, no output rewritten
+    assert "missing upload for tabular" in capsys.readouterr().err
+
+
 def test_a_patient_without_a_needed_modality_is_reported_not_predicted(trained, tmp_path):
     new = generate_mpi_cohort(tmp_path / "new", 12, seed=7, image_size=32)
     table = pd.read_csv(new / "clinical.csv")

@@ -334,3 +334,71 @@ def _number(value: object) -> float | None:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------------------------------
+# A patient folder on disk (predict --patient)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LocalFile:
+    """A file on disk that reads like an upload."""
+
+    path: Path
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def save(self, dst: str) -> None:
+        Path(dst).write_bytes(self.path.read_bytes())
+
+
+def assign_folder_files(inputs: Sequence[ModalityInput], folder: Path) -> tuple[dict[str, list[LocalFile]], list[str]]:
+    """The files of one patient's folder per modality, and the names of the files left out.
+
+    A file whose name starts with a modality's name (``tabular.csv``, ``signal.npy``) belongs to it;
+    any other goes by file type when exactly one modality (not already given a named file) accepts that
+    type. A file two modalities could take (a ``.csv`` beside a table and a signal) is an error asking
+    for the prefix. Counts are checked afterwards, as for an upload.
+    """
+    if not folder.is_dir():
+        raise UploadError(f"{folder}: no such patient folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    chosen: dict[str, list[Path]] = {item.name: [] for item in inputs}
+    free = []
+    for path in files:
+        named = [
+            i
+            for i in inputs
+            if path.name.casefold().startswith(i.name.casefold()) and path.suffix.lower() in i.suffixes
+        ]
+        if named:
+            chosen[named[0].name].append(path)
+        else:
+            free.append(path)
+    named_modalities = {name for name, paths in chosen.items() if paths}
+    left_out = []
+    for path in free:
+        takers = [i for i in inputs if path.suffix.lower() in i.suffixes and i.name not in named_modalities]
+        if len(takers) > 1:
+            names = " or ".join(f"{t.name}{path.suffix.lower()}" for t in takers)
+            raise UploadError(
+                f"{folder}: {path.name!r} could be {' or '.join(t.name for t in takers)}; name it {names}"
+            )
+        if takers:
+            chosen[takers[0].name].append(path)
+        else:
+            left_out.append(path.name)
+    return {name: [LocalFile(p) for p in paths] for name, paths in chosen.items()}, left_out
+
+
+def read_patient_folder(model: TrainedModel, inputs: Sequence[ModalityInput], folder: Path) -> PatientInputs:
+    """One patient's files in ``folder`` → model inputs, with the web page's checks and messages."""
+    import tempfile
+
+    files, left_out = assign_folder_files(inputs, folder)
+    with tempfile.TemporaryDirectory(prefix="lf-patient-") as work:
+        patient = read_patient(model, inputs, files, Path(work))
+    if left_out:
+        patient.notes.append(f"not used: {', '.join(left_out)}")
+    return patient
