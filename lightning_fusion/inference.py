@@ -89,6 +89,7 @@ class PredictionSet:
     excluded: dict[str, list[str]]  # reason → patient ids
     dataset: str
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the model inputs, row = patient
+    present: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # modality → (N,) bool, if any lack it
 
 
 @dataclass
@@ -128,23 +129,51 @@ class TrainedModel:
         reader.prepare(path)
         return reader.read(path)
 
-    def dataset_arrays(self, cohort: Cohort) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[str]]]:
-        """Kept patient ids, their model inputs per modality, and the excluded patients per reason."""
-        join = join_modalities(cohort, self.modalities, self.config.data.exclude_labels)
+    def dataset_arrays(
+        self, cohort: Cohort
+    ) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[str]], dict[str, np.ndarray]]:
+        """Kept patient ids, their model inputs per modality, the excluded patients per reason, and presence.
+
+        A model trained with ``data.keep_missing_modalities`` (a fusion that masks absent modalities)
+        also predicts patients who lack some of its modalities, as in training: the absent rows are
+        zero placeholders and ``present`` (modality → ``(N,)`` bool) marks them for the fusion. Any
+        other model needs every modality.
+        """
+        keep = self.config.data.keep_missing_modalities and len(self.modalities) > 1
+        join = join_modalities(cohort, self.modalities, self.config.data.exclude_labels, keep)
         ids = list(join.kept)
         if not ids:
             raise DataError(f"{cohort.name}: no patient has every modality the model needs ({self.modalities})")
-        arrays = {
-            m: modality_arrays(cohort, m, ids, self.config.data, self.preprocessors.get(m)) for m in self.modalities
-        }
-        return ids, arrays, join.excluded
+        present = {m: join.present(m, ids) for m in self.modalities if m in join.missing}
+        arrays = {}
+        for modality in self.modalities:
+            have = present.get(modality, np.ones(len(ids), dtype=bool))
+            subset = [pid for pid, h in zip(ids, have) if h]
+            values = modality_arrays(cohort, modality, subset, self.config.data, self.preprocessors.get(modality))
+            if not have.all():  # zero placeholders (never read: the fusion masks them), as in training
+                full = np.zeros((len(ids), *self.input_shape(modality)), dtype=values.dtype)
+                full[have] = values
+                values = full
+            arrays[modality] = values
+        return ids, arrays, join.excluded, present
 
-    def predict_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities ``(N, K)`` for model inputs as :func:`modality_arrays` gives them."""
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        """One sample of ``modality`` as :func:`modality_arrays` gives it (images ``(H, W, C)``)."""
+        spec = self.specs[modality]
+        shape = tuple(spec["shape"])
+        return (*shape[1:], shape[0]) if spec["kind"] == "image" else shape
+
+    def predict_arrays(
+        self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        """Class probabilities ``(N, K)`` for model inputs as :func:`modality_arrays` gives them.
+
+        ``present`` (modality → ``(N,)`` bool) marks absent modalities for a model that masks them.
+        """
         self.check_arrays(arrays)
         count = len(next(iter(arrays.values())))
         kinds = {m: s["kind"] for m, s in self.specs.items()}
-        dataset = MultimodalDataset([str(i) for i in range(count)], np.zeros(count), arrays, kinds)
+        dataset = MultimodalDataset([str(i) for i in range(count)], np.zeros(count), arrays, kinds, None, present)
         probs = []
         with torch.inference_mode():
             for batch in DataLoader(dataset, batch_size=batch_size):
@@ -160,11 +189,8 @@ class TrainedModel:
         if len(set(counts.values())) != 1:
             raise DataError(f"every modality needs one row per patient; got {counts}")
         for modality in self.modalities:
-            spec = self.specs[modality]
             shape = tuple(arrays[modality].shape[1:])
-            expected = tuple(spec["shape"])
-            if spec["kind"] == "image":  # arrays are (H, W, C); the network sees (C, H, W)
-                expected = (*expected[1:], expected[0])
+            expected = self.input_shape(modality)  # images: arrays are (H, W, C), the network sees (C, H, W)
             if shape != expected:
                 raise DataError(
                     f"modality {modality!r}: the model was trained on samples of shape {expected}, got {shape}"
@@ -213,27 +239,35 @@ class TrainedModel:
     def predict_dataset(self, root: str | Path | None = None) -> PredictionSet:
         """Predictions for every patient of the dataset at ``root`` that has the model's modalities."""
         cohort = self.read_cohort(root)
-        ids, arrays, excluded = self.dataset_arrays(cohort)
-        probs = self.predict_arrays(arrays)
+        ids, arrays, excluded, present = self.dataset_arrays(cohort)
+        probs = self.predict_arrays(arrays, present or None)
         frame = self.prediction_frame(ids, probs)
+        if present:  # which modalities each patient lacked (the fusion masked them)
+            frame["missing"] = ["+".join(m for m, flags in present.items() if not flags[i]) for i in range(len(ids))]
         labels = cohort.labels.reindex(ids)
         if labels.notna().any():
             frame["true"] = labels.to_numpy()
         if self.splits and root is None:  # the training dataset: say which patients the model has seen
             where = {pid: name for name, members in self.splits.items() for pid in members}
             frame["training_split"] = [where.get(pid, "") for pid in ids]
-        return PredictionSet(frame, excluded, cohort.name, arrays)
+        return PredictionSet(frame, excluded, cohort.name, arrays, present)
 
     def feature_names(self) -> dict[str, list[str]]:
         """Tabular modality → its columns after the fitted preprocessing; signal modality → its leads."""
         return feature_names(self.preprocessors)
 
-    def explain(self, patient_ids: list[str], arrays: dict[str, np.ndarray], folder: Path) -> dict[str, Any]:
+    def explain(
+        self,
+        patient_ids: list[str],
+        arrays: dict[str, np.ndarray],
+        folder: Path,
+        present: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
         """Explanations of these patients into ``folder`` (see :mod:`lightning_fusion.explain_files`)."""
         from lightning_fusion.explain_files import explain_patients
 
         self.check_arrays(arrays)
-        return explain_patients(self.module, patient_ids, arrays, self.feature_names(), folder)
+        return explain_patients(self.module, patient_ids, arrays, self.feature_names(), folder, present or None)
 
     def prediction_frame(self, patient_ids: list[str], probs: np.ndarray) -> pd.DataFrame:
         frame = pd.DataFrame(

@@ -65,7 +65,8 @@ def _predict(args: argparse.Namespace) -> None:
         folder = output.with_name(output.stem + "_explanations")
         ids = list(frame["patient_id"][: args.explain])
         arrays = {m: a[: len(ids)] for m, a in predictions.arrays.items()}
-        summary = model.explain(ids, arrays, folder)
+        present = {m: flags[: len(ids)] for m, flags in predictions.present.items()}
+        summary = model.explain(ids, arrays, folder, present)
         print(f"  explanations of {len(ids)} patients → {folder}")
         for part, reason in summary["skipped"].items():
             print(f"  not explained, {part}: {reason}")

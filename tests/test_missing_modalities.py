@@ -89,6 +89,24 @@ def test_a_gated_fusion_trains_and_tests_with_missing_modalities(gappy_cohort, m
     result = fit(config)
     assert np.isfinite(result.test_metrics["test/loss"])
     assert sum(result.data_summary["kept_without"]["image"].values()) == 1
+    # The trained model predicts the same patients, the absent modalities masked as in training.
+    from mlflow.tracking import MlflowClient
+
+    from lightning_fusion.inference import load_model
+
+    root, no_view, no_row = gappy_cohort
+    predicted = load_model(f"runs:/{result.run_id}", mlflow_store["uri"]).predict_dataset().frame
+    missing = dict(zip(predicted["patient_id"], predicted["missing"]))
+    assert missing[no_view] == "image" and all(missing[p] == "tabular" for p in no_row)
+    assert sum(bool(m) for m in missing.values()) == 3
+    local = MlflowClient(mlflow_store["uri"]).download_artifacts(
+        result.run_id, "test_predictions.csv", str(root.parent)
+    )
+    tested = pd.read_csv(local).set_index("patient_id")
+    probs = [c for c in tested.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(
+        predicted.set_index("patient_id").loc[tested.index, probs].to_numpy(), tested[probs].to_numpy(), atol=1e-5
+    )
 
 
 def test_a_kept_patients_prediction_ignores_its_absent_modality(gappy_cohort):
