@@ -83,8 +83,8 @@ def _predict_patient(model, folder: Path):
     for note in patient.notes:
         print(f"  {note}")
     patient_id = normalise_patient_id(patient.patient_id) if patient.patient_id else folder.name
-    frame = model.prediction_frame([patient_id], model.predict_arrays(patient.arrays))
-    return PredictionSet(frame, {}, f"patient folder {folder}", patient.arrays)
+    frame = model.prediction_frame([patient_id], model.predict_arrays(patient.arrays, patient.present or None))
+    return PredictionSet(frame, {}, f"patient folder {folder}", patient.arrays, patient.present)
 
 
 if __name__ == "__main__":

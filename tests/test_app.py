@@ -554,3 +554,50 @@ def _stop(process: subprocess.Popen) -> None:
         process.kill()
         process.wait()
     process.stdout.close()
+
+
+def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
+    """A model trained with keep_missing_modalities (gated fusion): the table may be left out, as in training."""
+    config = load_config(
+        None,
+        {
+            "data.reader": {"name": "ecg"},
+            "data.root": "unused",
+            "data.keep_missing_modalities": True,
+            "model.modalities": ["signal", "tabular"],
+            "model.fusion": "gated",
+            "model.encoders.signal": {"name": "signal_mlp", "widths": [8]},
+            "model.encoders.tabular": {"name": "mlp", "widths": [8]},
+            "trainer.accelerator": "cpu",
+        },
+    )
+    torch.manual_seed(0)
+    module = FusionLitModule(to_dict(config), signal_model.specs, signal_model.classes).eval()
+    model = TrainedModel(module, signal_model.preprocessors, Path("untrained.ckpt"), {})
+    client = create_app(model).test_client()
+    form = client.get("/").get_data(as_text=True)
+    assert "leave out the ones" in form and " required>" not in form  # the browser lets a field stay empty
+    assert " required>" in create_app(signal_model).test_client().get("/").get_data(as_text=True)
+    signal = np.random.default_rng(1).normal(size=(LEADS, SAMPLES)).astype(np.float32)
+    response = _post(client, "/api/predict", {"signal": [_file(_npy(signal), "ecg.npy")]})
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert any("tabular: not given" in note for note in answer["notes"])
+    inputs = {
+        "signal": model.preprocessors["signal"].transform(signal[None]),
+        "tabular": np.zeros((1, 2), dtype=np.float32),
+    }
+    absent = {"signal": np.array([True]), "tabular": np.array([False])}
+    expected = model.predict_arrays(inputs, absent)[0]
+    assert list(answer["probabilities"].values()) == pytest.approx(list(expected), abs=1e-6)
+    # Whatever the placeholder holds, the gate masks it: a random table gives the same answer.
+    inputs["tabular"] = np.random.default_rng(2).normal(size=(1, 2)).astype(np.float32)
+    assert model.predict_arrays(inputs, absent)[0] == pytest.approx(expected, abs=1e-6)
+    # The other models still need every upload; and an empty upload is still refused.
+    assert (
+        _post(
+            create_app(signal_model).test_client(), "/api/predict", {"signal": [_file(_npy(signal), "e.npy")]}
+        ).status_code
+        == 400
+    )
+    assert _post(client, "/api/predict", {}).status_code == 400

@@ -79,12 +79,14 @@ figcaption { font-size: .85rem; color: #555; } button { font-size: 1rem; padding
 {% endif %}
 <form id="predict" method="post" action="{{ action }}" enctype="multipart/form-data">
 <h2>One patient's files</h2>
+{% if optional %}<p class="muted">This model was trained to predict without some of its modalities: leave out the ones
+the patient does not have (at least one is needed).</p>{% endif %}
 {% for item in inputs %}
 <fieldset>
 <legend>{{ item.name }} ({{ item.kind_label }})</legend>
 <label for="input-{{ item.name | dom_id }}">{{ item.summary }}</label>
 <input type="file" id="input-{{ item.name | dom_id }}" name="{{ item.name }}" accept="{{ item.suffixes | join(',') }}"
-{% if item.count > 1 %} multiple{% endif %} required>
+{% if item.count > 1 %} multiple{% endif %}{% if not optional %} required{% endif %}>
 {% if item.details %}<details><summary>
 {% if item.kind == "vector" %}the {{ item.details | length }} columns{% else %}details{% endif %}</summary>
 <p>{{ item.details | join(", " if item.kind == "vector" else "; ") }}</p></details>{% endif %}
@@ -123,6 +125,7 @@ def render_page(
     notes: Sequence[str] = (),
     patient_id: str | None = None,
     error: str | None = None,
+    optional: bool = False,
 ) -> str:
     """The page: the form, and above it the prediction or the error (HTML-escaped)."""
     context: dict[str, Any] = {
@@ -137,5 +140,6 @@ def render_page(
         "notes": list(notes),
         "patient_id": patient_id,
         "error": error,
+        "optional": optional,
     }
     return _PAGE.render(context)

@@ -42,17 +42,29 @@ class PatientPrediction:
 
 
 def predict_patient(
-    model: TrainedModel, inputs: Sequence[ModalityInput], arrays: dict[str, np.ndarray]
+    model: TrainedModel,
+    inputs: Sequence[ModalityInput],
+    arrays: dict[str, np.ndarray],
+    present: dict[str, np.ndarray] | None = None,
 ) -> PatientPrediction:
     """Probabilities for the one patient in ``arrays`` and the Grad-CAM of its predicted class.
 
-    Not thread-safe (Grad-CAM hooks the model): callers serialise calls on one model.
+    ``present`` marks modalities that were not given (a model trained to mask them). Not thread-safe
+    (Grad-CAM hooks the model): callers serialise calls on one model.
     """
-    probabilities = model.predict_arrays(arrays)[0]
+    probabilities = model.predict_arrays(arrays, present or None)[0]
     predicted = int(np.argmax(probabilities))
     kinds = {m: spec["kind"] for m, spec in model.specs.items()}
-    batch = default_collate([MultimodalDataset(["patient"], np.zeros(1), arrays, kinds)[0]])
-    cams = [_cam(model, batch, item, predicted) for item in inputs if item.kind == "image"]
+    batch = default_collate([MultimodalDataset(["patient"], np.zeros(1), arrays, kinds, None, present or None)[0]])
+    absent = {m for m, flags in (present or {}).items() if not flags[0]}
+    cams = []
+    for item in inputs:
+        if item.kind == "image":
+            cams.append(
+                CamResult(item.name, list(item.view_names), message=f"{item.name} was not given")
+                if item.name in absent
+                else _cam(model, batch, item, predicted)
+            )
     return PatientPrediction(
         predicted=model.classes[predicted],
         probabilities={name: float(p) for name, p in zip(model.classes, probabilities)},

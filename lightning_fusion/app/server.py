@@ -53,6 +53,7 @@ def create_app(model: TrainedModel, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD
             inputs=inputs,
             action="/predict",
             max_upload_mb=max_upload_mb,
+            optional=model.config.data.keep_missing_modalities and len(model.modalities) > 1,
             **content,
         )
         return html, status
@@ -62,7 +63,7 @@ def create_app(model: TrainedModel, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         with tempfile.TemporaryDirectory(prefix="lightning-fusion-app-") as folder:
             patient = read_patient(model, inputs, files, Path(folder))
         with lock:
-            return patient, predict_patient(model, inputs, patient.arrays)
+            return patient, predict_patient(model, inputs, patient.arrays, patient.present)
 
     @app.get("/")
     def index():

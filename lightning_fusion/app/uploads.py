@@ -27,6 +27,7 @@ from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ImageStackModality
 from lightning_fusion.inference import TrainedModel
 
+_PLACEHOLDER = {"image": np.uint8, "vector": np.float32, "signal": np.float32}
 PATIENT = "uploaded"  # the patient id of an upload, in the messages of the data loaders (removed from ours)
 
 
@@ -49,6 +50,7 @@ class PatientInputs:
     arrays: dict[str, np.ndarray]  # modality → (1, ...) as modality_arrays gives them
     notes: list[str] = field(default_factory=list)
     patient_id: str | None = None  # from the table's id column, when it has one
+    present: dict[str, np.ndarray] = field(default_factory=dict)  # modality → (1,) bool, when one was not given
 
 
 def display_name(filename: str | None) -> str:
@@ -62,10 +64,17 @@ def read_patient(
     """Check, save (under ``folder``) and read one patient's uploads; :class:`UploadError` if any is unusable."""
     chosen = {item.name: [f for f in files.get(item.name, []) if display_name(f.filename)] for item in inputs}
     missing = [item for item in inputs if not chosen[item.name]]
-    if missing:
+    optional = model.config.data.keep_missing_modalities and len(inputs) > 1  # the fusion masks absent ones
+    if missing and (not optional or len(missing) == len(inputs)):
         raise UploadError("missing upload for " + "; ".join(_describe(item) for item in missing))
     patient = PatientInputs({})
+    for item in missing:  # a masking model: a zero placeholder, marked absent (as in training)
+        patient.arrays[item.name] = np.zeros((1, *model.input_shape(item.name)), dtype=_PLACEHOLDER[item.kind])
+        patient.present = {i.name: np.array([i not in missing]) for i in inputs}
+        patient.notes.append(f"{item.name}: not given; the model predicts without it (trained to)")
     for position, item in enumerate(inputs):
+        if item in missing:
+            continue
         uploads = chosen[item.name]
         names = [display_name(f.filename) for f in uploads]
         if len(uploads) != item.count:
