@@ -1,8 +1,9 @@
 """The best model of a run as an MLflow pyfunc model, so ``mlflow models serve`` answers REST predictions.
 
-``fit`` logs it as the run's ``model`` artifact (``tracking.log_model``): the best checkpoint as the
-model's only artifact, a tensor input signature with one named input per modality, and the class
-names and table columns as model metadata. Serve it with::
+``fit`` logs it as the run's ``model`` artifact (``tracking.log_model``): the best checkpoint's
+weights and fitted state (:func:`inference_checkpoint`) as the model's only artifact, a tensor input
+signature with one named input per modality, and the class names and table columns as model
+metadata. Serve it with::
 
     mlflow models serve -m runs:/<run id>/model --env-manager local -h 127.0.0.1 -p 5001
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
@@ -91,10 +93,24 @@ def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
     return path
 
 
+_INFERENCE_KEYS = ("hyper_parameters", "state_dict", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def inference_checkpoint(checkpoint: str | Path, path: Path) -> Path:
+    """``checkpoint`` without what only resuming training needs (optimiser and scheduler state, loops,
+    callbacks): about a third of the size for Adam. Loads like the full one (:func:`load_trained`)."""
+    from lightning_fusion.lit import CHECKPOINT_KEY
+
+    full = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: full[k] for k in (*_INFERENCE_KEYS, CHECKPOINT_KEY) if k in full}, path)
+    return path
+
+
 def log_pyfunc(logger: Any, checkpoint: str | Path) -> None:
-    """Log the pyfunc model of ``checkpoint`` as the run's ``model`` artifact."""
+    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact."""
     with tempfile.TemporaryDirectory() as folder:
-        logger.log_folder(save_pyfunc(checkpoint, Path(folder) / "model"), "model")
+        slim = inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
+        logger.log_folder(save_pyfunc(slim, Path(folder) / "model"), "model")
 
 
 __all__ = ["FusionPyfunc", "log_pyfunc", "save_pyfunc", "signature"]

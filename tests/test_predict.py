@@ -207,6 +207,8 @@ def test_the_logged_pyfunc_model_predicts_raw_inputs_and_loads_from_the_registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
     mlflow.set_tracking_uri(trained["uri"])
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    served = torch.load(resolve_model(f"runs:/{run_id}/model", trained["uri"]), weights_only=True)
+    assert "optimizer_states" not in served and {"state_dict", "hyper_parameters", "lightning_fusion"} <= set(served)
     inputs = {s.name: s for s in pyfunc.metadata.get_input_schema().inputs}
     assert inputs["image"].shape == (-1, 32, 32, 9) and inputs["tabular"].type == np.dtype("float64")
     model = load_model(f"runs:/{run_id}", trained["uri"])
