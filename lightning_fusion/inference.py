@@ -212,9 +212,13 @@ class TrainedModel:
             kind, value = self.specs[modality]["kind"], raw[modality]
             if kind == "image":
                 array = np.asarray(value)
-                if array.dtype != np.uint8:
-                    if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
-                        raise DataError(f"modality {modality!r}: images must be uint8 values 0-255")
+                if array.dtype != np.uint8:  # JSON gives integers as int64: fine if they are 0-255 whole numbers
+                    whole = np.issubdtype(array.dtype, np.number) and bool(np.all(np.mod(array, 1) == 0))
+                    if not whole or array.min() < 0 or array.max() > 255:
+                        raise DataError(
+                            f"modality {modality!r}: images must be whole numbers 0-255 (uint8), as read from the "
+                            f"image files; got {array.dtype} values in [{array.min():.3g}, {array.max():.3g}]"
+                        )
                     array = array.astype(np.uint8)
                 arrays[modality] = array
             elif kind == "vector":

@@ -224,6 +224,9 @@ def test_the_logged_pyfunc_model_predicts_raw_inputs_and_loads_from_the_registry
     client.create_model_version("demo-fusion", f"runs:/{run_id}/model", run_id=run_id)
     registered = load_model("models:/demo-fusion/1", trained["uri"])
     np.testing.assert_allclose(registered.predict_arrays(registered.inputs_from_raw(raw)), probs, atol=1e-6)
+    with pytest.raises(DataError, match="images must be whole numbers 0-255"):  # e.g. scaled to [0, 1]
+        model.inputs_from_raw({"image": raw["image"] / 255.0, "tabular": raw["tabular"]})
+    assert np.array_equal(model.inputs_from_raw(raw | {"image": raw["image"].astype(np.int64)})["image"], raw["image"])
     with pytest.raises(DataError, match="expected \\(N, 45\\) values"):
         model.inputs_from_raw({"image": raw["image"], "tabular": raw["tabular"][:, :3]})
 
