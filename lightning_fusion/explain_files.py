@@ -24,22 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import default_collate
 
-from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.explain import grad_cam, modality_contributions, save_png, tabular_attributions, view_overlays
 
 log = logging.getLogger(__name__)
-
-
-def _batch(
-    patient_ids: Sequence[str],
-    arrays: Mapping[str, np.ndarray],
-    kinds: Mapping[str, str],
-    present: Mapping[str, np.ndarray] | None,
-) -> dict[str, Any]:
-    dataset = MultimodalDataset(list(patient_ids), np.zeros(len(patient_ids)), dict(arrays), dict(kinds), None, present)
-    return default_collate([dataset[i] for i in range(len(dataset))])
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -71,7 +60,7 @@ def explain_patients(
     """
     folder.mkdir(parents=True, exist_ok=True)
     kinds = {m: s["kind"] for m, s in module.hparams["specs"].items()}
-    images = _batch(patient_ids, arrays, kinds, present)  # on the CPU, for the overlays
+    images = collate_arrays(arrays, kinds, present, patient_ids)  # on the CPU, for the overlays
     batch = _to(images, module.device)
     classes = list(module.classes)
     summary: dict[str, Any] = {"patients": list(patient_ids), "classes": classes, "written": [], "skipped": {}}

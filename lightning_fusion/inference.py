@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from lightning_fusion.config import ExperimentConfig, component_options
 from lightning_fusion.data.cohort import Cohort, DataError, join_modalities
-from lightning_fusion.data.datamodule import modality_arrays, restore_preprocessors
-from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.datamodule import modality_arrays, restore_preprocessors, with_placeholders
+from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
 
@@ -149,12 +148,13 @@ class TrainedModel:
         for modality in self.modalities:
             have = present.get(modality, np.ones(len(ids), dtype=bool))
             subset = [pid for pid, h in zip(ids, have) if h]
-            values = modality_arrays(cohort, modality, subset, self.config.data, self.preprocessors.get(modality))
-            if not have.all():  # zero placeholders (never read: the fusion masks them), as in training
-                full = np.zeros((len(ids), *self.input_shape(modality)), dtype=values.dtype)
-                full[have] = values
-                values = full
-            arrays[modality] = values
+            values = (
+                modality_arrays(cohort, modality, subset, self.config.data, self.preprocessors.get(modality))
+                if subset
+                else None
+            )
+            # zero placeholders for absent rows (never read: the fusion masks them), as in training
+            arrays[modality] = with_placeholders(values, have, self.input_shape(modality), self.input_dtype(modality))
         return ids, arrays, join.excluded, present
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
@@ -162,6 +162,10 @@ class TrainedModel:
         spec = self.specs[modality]
         shape = tuple(spec["shape"])
         return (*shape[1:], shape[0]) if spec["kind"] == "image" else shape
+
+    def input_dtype(self, modality: str) -> type:
+        """The dtype of ``modality`` as :func:`modality_arrays` gives it."""
+        return np.uint8 if self.specs[modality]["kind"] == "image" else np.float32
 
     def predict_arrays(
         self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None = None, batch_size: int = 64
@@ -173,11 +177,13 @@ class TrainedModel:
         self.check_arrays(arrays)
         count = len(next(iter(arrays.values())))
         kinds = {m: s["kind"] for m, s in self.specs.items()}
-        dataset = MultimodalDataset([str(i) for i in range(count)], np.zeros(count), arrays, kinds, None, present)
         probs = []
         with torch.inference_mode():
-            for batch in DataLoader(dataset, batch_size=batch_size):
-                probs.append(self.module(batch).float().softmax(dim=1))
+            for start in range(0, count, batch_size):
+                rows = slice(start, start + batch_size)
+                chunk = {m: a[rows] for m, a in arrays.items()}
+                flags = {m: f[rows] for m, f in present.items()} if present else None
+                probs.append(self.module(collate_arrays(chunk, kinds, flags)).float().softmax(dim=1))
         return torch.cat(probs).numpy().astype(np.float64)
 
     def check_arrays(self, arrays: dict[str, np.ndarray]) -> None:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import default_collate
 
 from lightning_fusion.app.expectations import ModalityInput
-from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.explain import grad_cam, view_overlays
 from lightning_fusion.inference import TrainedModel
 
@@ -55,7 +54,7 @@ def predict_patient(
     probabilities = model.predict_arrays(arrays, present or None)[0]
     predicted = int(np.argmax(probabilities))
     kinds = {m: spec["kind"] for m, spec in model.specs.items()}
-    batch = default_collate([MultimodalDataset(["patient"], np.zeros(1), arrays, kinds, None, present or None)[0]])
+    batch = collate_arrays(arrays, kinds, present)
     absent = {m for m, flags in (present or {}).items() if not flags[0]}
     cams = []
     for item in inputs:

@@ -27,7 +27,6 @@ from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ImageStackModality
 from lightning_fusion.inference import TrainedModel
 
-_PLACEHOLDER = {"image": np.uint8, "vector": np.float32, "signal": np.float32}
 PATIENT = "uploaded"  # the patient id of an upload, in the messages of the data loaders (removed from ours)
 
 
@@ -69,7 +68,7 @@ def read_patient(
         raise UploadError("missing upload for " + "; ".join(_describe(item) for item in missing))
     patient = PatientInputs({})
     for item in missing:  # a masking model: a zero placeholder, marked absent (as in training)
-        patient.arrays[item.name] = np.zeros((1, *model.input_shape(item.name)), dtype=_PLACEHOLDER[item.kind])
+        patient.arrays[item.name] = np.zeros((1, *model.input_shape(item.name)), dtype=model.input_dtype(item.name))
         patient.present = {i.name: np.array([i not in missing]) for i in inputs}
         patient.notes.append(f"{item.name}: not given; the model predicts without it (trained to)")
     for position, item in enumerate(inputs):

@@ -142,7 +142,8 @@ class MultimodalDataModule(L.LightningDataModule):
                     preprocessor = self.preprocessors.get(modality)
                     loaded[name] = modality_arrays(cohort, modality, ids[name], self.config, preprocessor)
             for name in SPLITS:
-                arrays[name][modality] = _with_placeholders(loaded[name], have[name], loaded["train"])
+                train = loaded["train"]
+                arrays[name][modality] = with_placeholders(loaded[name], have[name], train.shape[1:], train.dtype)
         return arrays
 
     def preprocessing_state(self) -> dict[str, dict[str, Any]]:
@@ -218,12 +219,18 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def _with_placeholders(values: np.ndarray, have: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Rows of ``values`` at the patients that ``have`` the modality; zeros (never read by the fusion) elsewhere."""
-    if have.all():
+def with_placeholders(
+    values: np.ndarray | None, have: np.ndarray, sample_shape: tuple[int, ...], dtype: Any
+) -> np.ndarray:
+    """Rows of ``values`` at the patients that ``have`` the modality; zeros (never read by the fusion) elsewhere.
+
+    ``values`` holds the present patients' rows only (``None`` when none has the modality).
+    """
+    if have.all() and values is not None:
         return values
-    full = np.zeros((len(have), *like.shape[1:]), dtype=like.dtype)
-    full[have] = values
+    full = np.zeros((len(have), *sample_shape), dtype=dtype)
+    if have.any():
+        full[have] = values
     return full
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from lightning_fusion.data.transforms import image_to_tensor
 
@@ -67,3 +67,19 @@ class MultimodalDataset(Dataset):
         sample["index"] = torch.tensor(index)
         sample["patient_id"] = self.patient_ids[index]
         return sample
+
+
+def collate_arrays(
+    arrays: Mapping[str, np.ndarray],
+    kinds: Mapping[str, str],
+    present: Mapping[str, np.ndarray] | None = None,
+    patient_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Model inputs (one row per patient, as the data module holds them) → one batch, as a loader yields it.
+
+    For prediction and explanation outside a data loader: no augmentation, labels are placeholders.
+    """
+    count = len(next(iter(arrays.values())))
+    ids = list(patient_ids) if patient_ids is not None else [str(i) for i in range(count)]
+    dataset = MultimodalDataset(ids, np.zeros(count), arrays, kinds, None, present or None)
+    return default_collate([dataset[i] for i in range(count)])
