@@ -2,7 +2,7 @@
 
     python benchmarks/compare_demo.py [--seeds 3] [--out benchmarks/results/compare_demo.md]
 
-Each seed runs :func:`lightning_fusion.comparison.run_comparison` with the built-in demo
+Each seed runs :func:`lightning_fusion.compare.run.run_comparison` with the built-in demo
 (``experiments/demo.yaml``) and the default fusions; a seed changes both the patient split and the
 training seed. Runs go to a throwaway MLflow store. Writes a markdown table of mean ± sd test
 balanced accuracy and AUROC per model, how often each fusion beat both unimodal models, and the
@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from lightning_fusion.comparison import DEFAULT_FUSIONS, run_comparison  # noqa: E402
+from lightning_fusion.compare.run import DEFAULT_FUSIONS, run_comparison  # noqa: E402
 from lightning_fusion.config import load_config  # noqa: E402
 
 DEMO = Path(__file__).parents[1] / "experiments" / "demo.yaml"

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from lightning_fusion.config import load_config  # noqa: E402
-from lightning_fusion.training import fit  # noqa: E402
+from lightning_fusion.fit.run import fit  # noqa: E402
 
 MODELS = {
     "fusion (image + clinical)": ["image", "tabular"],

@@ -28,7 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from lightning_fusion.config import load_config  # noqa: E402
-from lightning_fusion.training import fit  # noqa: E402
+from lightning_fusion.fit.run import fit  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {

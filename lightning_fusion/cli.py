@@ -65,7 +65,7 @@ def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
 def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, result)``, or ``(2, None)`` after printing a config, data or weights error on one line."""
     from lightning_fusion.encoders.image import PretrainedWeightsError
-    from lightning_fusion.inference import ModelLoadError
+    from lightning_fusion.predict.trained_model import ModelLoadError
 
     try:
         return 0, call()

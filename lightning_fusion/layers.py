@@ -2,7 +2,7 @@
 
 Prints timm's ordered layer groups of the backbone as the ``timm`` encoder builds it
 (``num_classes=0``): index, name, modules, parameters, and how many backbone parameters train with
-``unfreeze_from: N`` for each N, so a config can pick N (see :mod:`lightning_fusion.transfer`).
+``unfreeze_from: N`` for each N, so a config can pick N (see :mod:`lightning_fusion.encoders.transfer`).
 The model is built on the meta device: no weights are downloaded and no memory is used.
 """
 
@@ -16,7 +16,7 @@ import timm
 import torch
 
 from lightning_fusion.encoders.image import check_backbone_name
-from lightning_fusion.transfer import LayerGroup, layer_groups, resolve_unfreeze_point
+from lightning_fusion.encoders.transfer import LayerGroup, layer_groups, resolve_unfreeze_point
 
 _MAX_MODULES = 3  # module names shown per group before "+k more"
 

@@ -59,7 +59,7 @@ class FusionLitModule(L.LightningModule):
         self.test_confusion_matrix: np.ndarray | None = None
         self.test_predictions: dict[str, np.ndarray] | None = None
         # The data module's fitted preprocessing (``preprocessing_state``), kept in checkpoints so a
-        # trained model predicts on new patients exactly as on its test set (lightning_fusion.inference).
+        # trained model predicts on new patients exactly as on its test set (lightning_fusion.predict.trained_model).
         self.preprocessing: dict[str, dict[str, Any]] = {}
         self.data_splits: dict[str, list[str]] = {}  # the run's split (patient ids), so predict can flag them
 

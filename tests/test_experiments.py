@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from lightning_fusion.config import load_yaml, resolve
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.training import fit
+from lightning_fusion.fit.run import fit
 from tests.conftest import PROJECT_ROOT
 
 EXPERIMENTS = sorted((PROJECT_ROOT / "experiments").glob("*.yaml"))

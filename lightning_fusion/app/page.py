@@ -15,8 +15,8 @@ from typing import Any
 
 from jinja2 import Environment
 
-from lightning_fusion.app.expectations import ModalityInput
 from lightning_fusion.app.prediction import PatientPrediction
+from lightning_fusion.predict.expectations import ModalityInput
 
 _TEMPLATE = """<!doctype html>
 <html lang="en">

@@ -1,6 +1,6 @@
 """One patient's model inputs → class probabilities and a Grad-CAM overlay per view of each image modality.
 
-The heat maps explain the predicted class (:func:`lightning_fusion.explain.grad_cam`). Where Grad-CAM
+The heat maps explain the predicted class (:func:`lightning_fusion.explain.cam.grad_cam`). Where Grad-CAM
 is undefined for the model (a non-CNN backbone, a stacked early-fusion input) or carries no spatial
 information (a 1×1 last feature map), the reason is kept as a message instead of an overlay.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from lightning_fusion.app.expectations import ModalityInput
 from lightning_fusion.data.dataset import collate_arrays
-from lightning_fusion.explain import grad_cam, view_overlays
-from lightning_fusion.inference import TrainedModel
+from lightning_fusion.explain.cam import grad_cam, view_overlays
+from lightning_fusion.predict.expectations import ModalityInput
+from lightning_fusion.predict.trained_model import TrainedModel
 
 
 @dataclass

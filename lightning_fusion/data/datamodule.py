@@ -244,7 +244,7 @@ def modality_arrays(
     """One modality of the given patients as the model sees it (fitted preprocessing applied).
 
     Images: ``(N, H, W, C)`` ``uint8`` at ``data.image_size``; tables: ``(N, F)`` ``float32``; signals:
-    ``(N, leads, samples)`` ``float32``. Shared by training and :mod:`lightning_fusion.inference`.
+    ``(N, leads, samples)`` ``float32``. Shared by training and :mod:`lightning_fusion.predict.trained_model`.
     """
     source = cohort.modalities[modality]
     if source.kind == "image":

@@ -5,11 +5,11 @@ pooled feature vector, so every timm model is an encoder. Multi-view stacks (e.g
 RGB = 9 channels) can first pass through a learned 1×1 convolution down to 3 channels, as the MPI
 fusion study did, so an ImageNet backbone keeps its 3-channel stem.
 
-Transfer learning (:mod:`lightning_fusion.transfer`): ``freeze`` freezes the whole backbone,
+Transfer learning (:mod:`lightning_fusion.encoders.transfer`): ``freeze`` freezes the whole backbone,
 ``unfreeze_from: N`` trains only timm's layer groups ``>= N`` (see ``python -m lightning_fusion.layers
 <backbone>``), and ``warmup_epochs: E`` first trains the head alone for E epochs with the backbone
 frozen, then unfreezes from N at ``optim.lr × finetune_lr_factor`` (the callback in
-:mod:`lightning_fusion.callbacks`, added by ``training.fit``). Frozen groups keep their BatchNorm
+:mod:`lightning_fusion.fit.warmup`, added by ``training.fit``). Frozen groups keep their BatchNorm
 layers in eval mode while the model trains. The 1×1 ``reduce`` conv is new, so it always trains.
 """
 
@@ -27,7 +27,7 @@ from timm.layers.cbam import SpatialAttn
 from torch import nn
 
 from lightning_fusion.encoders import ENCODERS
-from lightning_fusion.transfer import (
+from lightning_fusion.encoders.transfer import (
     apply_frozen_norm_modes,
     count_layer_groups,
     freeze_backbone,

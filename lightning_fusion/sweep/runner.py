@@ -1,4 +1,4 @@
-"""Running a study: Optuna's define-by-run loop around :func:`~lightning_fusion.training.fit`.
+"""Running a study: Optuna's define-by-run loop around :func:`~lightning_fusion.fit.run.fit`.
 
 Each trial samples its parameters (:func:`~lightning_fusion.sweep.study.sample`), composes the
 experiment, trains with ``optuna_integration.PyTorchLightningPruningCallback`` on the study metric and
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_fusion.config import to_dict
+from lightning_fusion.sweep.best_metric import BestMetric
 from lightning_fusion.sweep.study import Study, grid_space, sample
 from lightning_fusion.sweep.trial import TrialJob, run_trial_process
 from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
@@ -45,28 +45,6 @@ from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class BestMetric(L.Callback):
-    """The best value of ``monitor`` over the validation epochs of one fit (sanity check excluded)."""
-
-    def __init__(self, monitor: str, direction: str) -> None:
-        self.monitor, self.maximize = monitor, direction == "maximize"
-        self.best: float | None = None
-        self.epochs = 0
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            raise KeyError(f"study metric {self.monitor!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
-        value = float(value)
-        self.epochs = trainer.current_epoch + 1
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.monitor} is {value} at epoch {trainer.current_epoch}")
-        if self.best is None or (value > self.best if self.maximize else value < self.best):
-            self.best = value
 
 
 def default_storage_path(tracking_uri: str) -> Path:
@@ -294,7 +272,7 @@ def _one_fit(trial: optuna.Trial, study: Study, config, parent_id: str, tags: di
             raise optuna.TrialPruned(f"trial {trial.number} was pruned at epoch {outcome['pruned_at']}")
         return best.best
 
-    from lightning_fusion.training import fit  # heavy import only when a trial runs
+    from lightning_fusion.fit.run import fit  # heavy import only when a trial runs
 
     callbacks: list[L.Callback] = [best]
     if spec.pruner.name != "none":
@@ -325,8 +303,8 @@ def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: d
     held-out part is not used. The running mean is reported after every fold, so a pruner can stop a
     hopeless configuration after its first folds. With DDP, each fold model trains in a fresh process.
     """
-    from lightning_fusion.crossval import fold_datamodule, plan_folds
-    from lightning_fusion.training import fit
+    from lightning_fusion.fit.crossval import fold_datamodule, plan_folds
+    from lightning_fusion.fit.run import fit
 
     spec = study.spec
     modalities = list(config.model.modalities)

@@ -183,9 +183,9 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
 def run_job(job: TrialJob, channel_spec: str | None) -> dict[str, Any]:
     """Train the trial (every rank); rank 0's summary is returned and written to ``job.result_path``."""
     from lightning_fusion.config import resolve, to_dict
-    from lightning_fusion.crossval import fold_datamodule, plan_folds
-    from lightning_fusion.sweep.runner import BestMetric
-    from lightning_fusion.training import fit
+    from lightning_fusion.fit.crossval import fold_datamodule, plan_folds
+    from lightning_fusion.fit.run import fit
+    from lightning_fusion.sweep.best_metric import BestMetric
 
     config = resolve(job.config)
     datamodule = None

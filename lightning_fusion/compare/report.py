@@ -1,0 +1,244 @@
+"""What a comparison reports: the table with intervals, paired tests, the chart, the parent run's artifacts.
+
+Paired tests answer "did this fusion really beat the CNN?" on the same test patients: for every
+fusion against every unimodal model, McNemar's exact test on correctness and the AUROC difference
+with a paired stratified bootstrap interval and p-value. The p-values of each kind are
+Holm-adjusted over the whole family of fusion-vs-unimodal tests of the comparison, and a difference
+is marked significant when its adjusted p-value is below 0.05.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lightning_fusion.compare.results import ComparedModel, ComparisonResult
+from lightning_fusion.config import EvaluationConfig, ExperimentConfig
+from lightning_fusion.evaluation import holm_adjust, mcnemar_test, paired_auroc_difference
+from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
+from lightning_fusion.evaluation.scoring import png_bytes
+from lightning_fusion.tracking import RunLogger
+
+TABLE_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "nll")
+ALPHA = 0.05
+
+
+def comparison_table(models: Sequence[ComparedModel]) -> pd.DataFrame:
+    """One row per model: kind, fusion, how it was made, test metrics with interval bounds, seconds, run id."""
+    rows = []
+    for m in models:
+        row: dict[str, Any] = {"model": m.name, "kind": m.kind, "fusion": m.fusion, "how": m.how}
+        for metric in TABLE_METRICS:
+            row[metric] = m.metrics[metric]
+            if metric in m.intervals:
+                row[f"{metric}_ci_low"] = m.intervals[metric].low
+                row[f"{metric}_ci_high"] = m.intervals[metric].high
+        rows.append(row | {"seconds": round(m.seconds, 1), "run_id": m.run_id})
+    return pd.DataFrame(rows)
+
+
+def paired_tests(models: Sequence[ComparedModel], evaluation: EvaluationConfig) -> pd.DataFrame:
+    """Every fusion against every unimodal model on the same test patients (Holm-adjusted p-values)."""
+    unimodal = [m for m in models if m.kind != "fusion"]
+    rows = []
+    for fusion in (m for m in models if m.kind == "fusion"):
+        for reference in unimodal:
+            if not np.array_equal(fusion.test.patient_ids, reference.test.patient_ids):
+                raise RuntimeError(f"{fusion.name} and {reference.name} were tested on different patients")
+            labels = fusion.test.labels
+            mcnemar = mcnemar_test(labels, fusion.test.probs.argmax(1), reference.test.probs.argmax(1))
+            auroc = paired_auroc_difference(
+                labels,
+                fusion.test.probs,
+                reference.test.probs,
+                evaluation.bootstrap_resamples,
+                evaluation.bootstrap_seed,
+                evaluation.confidence,
+            )
+            rows.append(
+                {
+                    "model": fusion.name,
+                    "versus": reference.name,
+                    "balanced_accuracy_diff": round(
+                        fusion.metrics["balanced_accuracy"] - reference.metrics["balanced_accuracy"], 4
+                    ),
+                    "only_model_right": mcnemar.a_only_correct,
+                    "only_versus_right": mcnemar.b_only_correct,
+                    "mcnemar_p": mcnemar.p_value,
+                    "auroc_diff": round(auroc.value, 4),
+                    "auroc_diff_ci_low": round(auroc.low, 4),
+                    "auroc_diff_ci_high": round(auroc.high, 4),
+                    "auroc_p": auroc.p_value,
+                }
+            )
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["mcnemar_p_holm"] = holm_adjust(table["mcnemar_p"].tolist())
+        table["auroc_p_holm"] = holm_adjust(table["auroc_p"].tolist())
+        mcnemar, auroc = table["mcnemar_p_holm"] < ALPHA, table["auroc_p_holm"] < ALPHA
+        table["significant"] = [
+            "both" if a and b else "McNemar" if a else "AUROC" if b else "no" for a, b in zip(mcnemar, auroc)
+        ]
+    return table
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison with intervals folded in: ``0.905 [0.714, 1.000]``."""
+    shown = table[["model", "kind", "fusion"]].copy()
+    for metric in TABLE_METRICS:
+        if f"{metric}_ci_low" in table:
+            shown[metric] = [
+                f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                for v, lo, hi in zip(table[metric], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"])
+            ]
+        else:
+            shown[metric] = table[metric].round(3)
+    for metric in ("balanced_accuracy", "auroc"):
+        if f"{metric}_fold_mean" in table:
+            shown[f"{metric} folds"] = [
+                f"{m:.3f} ± {sd:.3f}" for m, sd in zip(table[f"{metric}_fold_mean"], table[f"{metric}_fold_sd"])
+            ]
+    shown["seconds"] = [f"{v:.1f}" for v in table["seconds"]]
+    shown["run_id"] = table["run_id"]
+    return shown
+
+
+def display_paired(paired: pd.DataFrame) -> pd.DataFrame:
+    if not len(paired):
+        return paired
+    return pd.DataFrame(
+        {
+            "model": paired["model"],
+            "versus": paired["versus"],
+            "Δ bal. acc.": paired["balanced_accuracy_diff"].round(3),
+            "McNemar (only model / only versus right)": [
+                f"{b} / {c}, p={p:.3f} (Holm {h:.3f})"
+                for b, c, p, h in zip(
+                    paired["only_model_right"],
+                    paired["only_versus_right"],
+                    paired["mcnemar_p"],
+                    paired["mcnemar_p_holm"],
+                )
+            ],
+            "Δ AUROC [interval]": [
+                f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3f} (Holm {h:.3f})"
+                for d, lo, hi, p, h in zip(
+                    paired["auroc_diff"],
+                    paired["auroc_diff_ci_low"],
+                    paired["auroc_diff_ci_high"],
+                    paired["auroc_p"],
+                    paired["auroc_p_holm"],
+                )
+            ],
+            "significant (Holm p < 0.05)": paired["significant"],
+        }
+    )
+
+
+def comparison_figure(table: pd.DataFrame, test_patients: int):
+    """Grouped bars with interval whiskers: test balanced accuracy, macro F1 and AUROC per model."""
+    metrics = ("balanced_accuracy", "f1_macro", "auroc")
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(table) + 2), 4.4))
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        values = table[metric].to_numpy()
+        errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
+        bars = axes.bar(x + (i - 1) * width, values, width, label=metric, yerr=errors, capsize=2)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1, label_type="center")
+    axes.set_xticks(x, table["model"], rotation=25, ha="right")
+    axes.set_ylim(0, 1.08)
+    axes.set_ylabel(f"test ({test_patients} patients)")
+    axes.set_title("CNN vs ANN vs fusion (same split; whiskers: 95% bootstrap intervals)")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def log_comparison(
+    parent: RunLogger,
+    table: pd.DataFrame,
+    paired: pd.DataFrame,
+    summary: dict[str, Any],
+    config: ExperimentConfig,
+    test_patients: int,
+    cv: int | None = None,
+) -> None:
+    """The parent run's artifacts: tables (markdown + CSV), chart, per-model metrics and ``report.html``."""
+    shown = display_table(table)
+    parent.log_text(markdown_table(shown), "comparison.md")
+    parent.log_frame_csv(table, "comparison.csv")
+    parent.log_frame_csv(paired, "paired_tests.csv")
+    if len(paired):
+        parent.log_text(markdown_table(display_paired(paired)), "paired_tests.md")
+    figure = comparison_figure(table, test_patients)
+    parent.log_figure(figure, "comparison.png")
+    chart = png_bytes(figure)
+    plt.close(figure)
+    parent.log_metrics(
+        {
+            f"compare/{_slug(row['model'])}/{metric}": float(row[metric])
+            for _, row in table.iterrows()
+            for metric in TABLE_METRICS
+        }
+    )
+    scope = (
+        f"the pooled out-of-fold predictions of {cv}-fold cross-validation ({test_patients} patients, each tested "
+        "once by a model that never saw them; the fold columns give the spread of the fold models)"
+        if cv
+        else f"the {test_patients} test patients of one split, one training seed (retraining variation is not in "
+        "these intervals)"
+    )
+    note = (
+        f"<p class='note'>Figures from {scope}. Intervals: {config.evaluation.confidence:.0%} stratified bootstrap "
+        f"({config.evaluation.bootstrap_resamples} resamples). Paired tests compare each fusion with each unimodal "
+        "model on the same patients; p-values are Holm-adjusted over all those tests, and 'significant' means an "
+        f"adjusted p below {ALPHA}.</p>"
+    )
+    report = render_report(
+        f"{config.name}: CNN vs ANN vs fusion",
+        [
+            ("Data", dataset_section(summary)),
+            ("Test metrics", table_html(shown.to_dict("records")) + note),
+            ("Paired tests", table_html(display_paired(paired).to_dict("records"))),
+            ("Chart", image_html(chart, "comparison")),
+        ],
+        subtitle=f"MLflow parent run {parent.run_id}",
+    )
+    parent.log_text(report, "report.html")
+
+
+def verdict(result: ComparisonResult) -> str:
+    """One line: the best fusion against the best unimodal model, and whether the paired tests back it."""
+    fusion = result.best()
+    unimodal = result.best(unimodal=True)
+    ahead = fusion.metrics["balanced_accuracy"] > unimodal.metrics["balanced_accuracy"]
+    line = (
+        f"best fusion: {fusion.name} {fusion.intervals['balanced_accuracy']} vs best unimodal: {unimodal.name} "
+        f"{unimodal.intervals['balanced_accuracy']} test balanced accuracy on {result.test_patients} "
+        + ("patients, pooled out-of-fold: " if result.cv else "test patients: ")
+        + ("fusion ahead" if ahead else "fusion NOT ahead")
+    )
+    paired = result.paired
+    row = paired[(paired["model"] == fusion.name) & (paired["versus"] == unimodal.name)] if len(paired) else paired
+    if len(row):
+        row = row.iloc[0]
+        line += (
+            f"; McNemar p={row['mcnemar_p']:.3f} (Holm {row['mcnemar_p_holm']:.3f}), Δ AUROC {row['auroc_diff']:+.3f} "
+            f"[{row['auroc_diff_ci_low']:+.3f}, {row['auroc_diff_ci_high']:+.3f}] -> "
+            + (
+                f"significant ({row['significant']})"
+                if row["significant"] != "no"
+                else "not significant at this test-set size"
+            )
+        )
+    return line
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")

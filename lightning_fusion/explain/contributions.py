@@ -1,0 +1,119 @@
+"""How much the predicted class's probability falls when one modality is taken away, beside the fusion's own modality weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_fusion.explain.inputs import Target, inspecting, model_inputs, target_indices
+from lightning_fusion.fusion import FUSIONS
+
+if TYPE_CHECKING:
+    from lightning_fusion.lit import FusionLitModule
+
+
+# --------------------------------------------------------------------------------------------------
+# Drop one modality
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ModalityContributions:
+    """What each modality adds to the explained class's probability, per sample.
+
+    Attributes:
+        target: ``(B,)`` the explained class per sample (the predicted class unless given).
+        probability: ``(B,)`` its probability with every modality as given.
+        deltas: modality → ``(B,)`` ``probability`` minus the probability without that modality
+            (positive: the modality supports the class). 0 where the modality was already absent; NaN
+            where it is the sample's only present modality (nothing would be left to predict from).
+        method: ``"mask"`` (the modality marked absent through ``present``, for fusions that support
+            missing modalities) or ``"zeros"`` (its input replaced by zeros: a black image, the training
+            mean of z-scored tables and signals).
+        fusion_weights: modality → ``(B,)`` the fusion's own per-sample modality weights (each sample's
+            sum to 1), or ``None`` when the fusion has none. ``weights_source`` says what they are.
+    """
+
+    target: np.ndarray
+    probability: np.ndarray
+    deltas: dict[str, np.ndarray]
+    method: Literal["mask", "zeros"]
+    fusion_weights: dict[str, np.ndarray] | None
+    weights_source: str | None
+
+
+def _fusion_weights(fusion: nn.Module) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The fusion's per-sample modality weights from its last forward, if it keeps any."""
+    modalities = list(getattr(fusion, "modalities", []))
+    source = None
+    if getattr(fusion, "last_gates", None) is not None:  # gated: (B, M)
+        weights, source = fusion.last_gates, "gated fusion gates (softmax over present modalities)"
+    elif getattr(fusion, "last_weights", None) is not None:  # late_weighted: (B, M)
+        weights, source = fusion.last_weights, "late_weighted mixture weights (renormalised over present modalities)"
+    elif getattr(fusion, "last_attention", None) is not None:  # attention: (B, heads, M query, M key)
+        attention = fusion.last_attention.float().mean(dim=1)  # (B, M, M)
+        keys_present = attention.sum(dim=1) > 0  # an absent modality's key receives no attention
+        queries = keys_present.unsqueeze(-1).to(attention.dtype)  # average over the present query tokens
+        weights = (attention * queries).sum(dim=1) / queries.sum(dim=1).clamp_min(1)
+        source = "attention received by each modality token in the last block (mean over heads, present queries)"
+    else:
+        return None, None
+    columns = weights.detach().float().cpu().numpy()
+    return {m: columns[:, i].copy() for i, m in enumerate(modalities)}, source
+
+
+def modality_contributions(
+    module: FusionLitModule, batch: Mapping[str, Any], target: Target = None
+) -> ModalityContributions:
+    """Drop-one-modality deltas of the target class's probability, and the fusion's own weights if any.
+
+    For each modality: the probability with every modality minus the probability without it — marked
+    absent through ``present`` when the fusion supports missing modalities (``FUSIONS`` metadata
+    ``supports_missing``), else its input replaced by zeros (see :class:`ModalityContributions`).
+
+    Raises:
+        ValueError: a model with a single modality (nothing to compare).
+    """
+    modalities = list(module.modalities)
+    if len(modalities) < 2:
+        raise ValueError(f"modality contributions need a model with >= 2 modalities; this one has {modalities}")
+    fusion_name = module.experiment_config.model.fusion["name"]
+    method: Literal["mask", "zeros"] = (
+        "mask" if FUSIONS.metadata(fusion_name).get("supports_missing", False) else "zeros"
+    )
+    with inspecting(module), torch.no_grad():
+        inputs = model_inputs(module, batch)
+        full = module(inputs).float().softmax(dim=1)
+        weights, source = _fusion_weights(module.model.fusion)  # right after the full-batch forward
+        targets = target_indices(target, full)
+        rows = torch.arange(full.shape[0], device=full.device)
+        probability = full[rows, targets]
+        batch_size = full.shape[0]
+        given = inputs.get("present") or {}
+        present = {
+            m: torch.as_tensor(given[m]).bool() if m in given else torch.ones(batch_size, dtype=torch.bool)
+            for m in modalities
+        }
+        present = {m: flags.to(full.device) for m, flags in present.items()}
+        deltas = {}
+        for modality in modalities:
+            if method == "mask":
+                others = torch.stack([present[m] for m in modalities if m != modality], dim=1).any(dim=1)
+                flags = present | {modality: present[modality] & ~others}  # kept where it is all there is
+                dropped = module(inputs | {"present": flags}).float().softmax(dim=1)[rows, targets]
+                delta = torch.where(others, probability - dropped, torch.full_like(probability, float("nan")))
+            else:
+                zeroed = inputs | {modality: torch.zeros_like(inputs[modality])}
+                delta = probability - module(zeroed).float().softmax(dim=1)[rows, targets]
+            deltas[modality] = delta.cpu().numpy()
+    return ModalityContributions(
+        target=targets.cpu().numpy(),
+        probability=probability.cpu().numpy(),
+        deltas=deltas,
+        method=method,
+        fusion_weights=weights,
+        weights_source=source,
+    )

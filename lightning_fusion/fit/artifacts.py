@@ -1,0 +1,119 @@
+"""What a tested run keeps in MLflow: data summary and splits, test predictions, confusion matrix, intervals, curves, ``report.html``, explanations and fusion weights."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix
+
+from lightning_fusion.config import (
+    EvaluationConfig,
+)
+from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.evaluation.report import run_report
+from lightning_fusion.evaluation.scoring import evaluate, log_evaluation, png_bytes
+from lightning_fusion.fit.results import Predictions
+from lightning_fusion.lit import FusionLitModule
+from lightning_fusion.metrics import confusion_matrix_figure, report_table
+from lightning_fusion.tracking import RunLogger
+
+
+def _log_fusion_weights(logger: RunLogger, module: FusionLitModule) -> None:
+    fusion = module.model.fusion
+    if hasattr(fusion, "modality_weights"):  # late_weighted: the weights of the tested (best) checkpoint
+        weights = fusion.modality_weights()
+        logger.log_metrics({f"fusion/weight/{m}": w for m, w in weights.items()})
+        logger.log_dict(weights, "fusion_weights.json")
+
+
+def log_tested_model(
+    logger: RunLogger,
+    classes: list[str],
+    test: Predictions,
+    summary: dict[str, Any],
+    evaluation: EvaluationConfig,
+    val: Predictions | None = None,
+    title: str = "",
+) -> dict[str, float]:
+    """Everything a tested model's run keeps of its test set; returns the interval and calibration metrics.
+
+    Data summary and splits, predictions, confusion matrix, per-class report, bootstrap intervals,
+    calibration, ROC / PR curves, and ``report.html`` with all of it.
+    """
+    log_data_summary(logger, summary)
+    images = log_test_predictions(logger, classes, test.labels, test.probs, test.patient_ids)
+    result = evaluate(
+        test.labels, test.probs, classes, evaluation, (val.labels, val.probs) if val is not None else None
+    )
+    images |= log_evaluation(logger, result)
+    other: dict[str, Any] = {"accuracy, exact binomial (Clopper-Pearson)": result.exact_accuracy}
+    other |= {"ECE": result.ece, "Brier": result.brier} | (
+        {"temperature (fitted on val)": result.temperature}
+        | {f"{k} after temperature": v for k, v in result.calibrated.items()}
+        if result.temperature is not None
+        else {}
+    )
+    logger.log_text(
+        run_report(
+            title,
+            summary,
+            result.intervals,
+            other,
+            images,
+            evaluation.confidence,
+            subtitle=f"MLflow run {logger.run_id}",
+        ),
+        "report.html",
+    )
+    return result.metrics()
+
+
+def log_explanations(logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, count: int) -> None:
+    """``explanations/`` artifacts of the first ``count`` test patients, with the tested (best) weights."""
+    from lightning_fusion.explain.files import explain_patients
+    from lightning_fusion.predict.trained_model import feature_names
+
+    test = datamodule.datasets["test"]
+    ids = test.patient_ids[:count]
+    arrays = {m: test.arrays[m][: len(ids)] for m in module.modalities}
+    present = {m: flags[: len(ids)] for m, flags in test.present.items() if m in module.modalities} or None
+    names = feature_names(datamodule.preprocessors)
+    with tempfile.TemporaryDirectory() as folder:
+        explain_patients(module, ids, arrays, names, Path(folder), present)
+        logger.log_folder(folder, "explanations")
+
+
+def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:
+    """``data_summary.json`` (counts, exclusions, fitted preprocessing) and ``splits.json`` (patient ids)."""
+    logger.log_dict({k: v for k, v in summary.items() if k != "splits"}, "data_summary.json")
+    logger.log_dict(summary["splits"], "splits.json")
+
+
+def log_test_predictions(
+    logger: RunLogger, classes: list[str], y_true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray
+) -> dict[str, bytes]:
+    """Confusion matrix (JSON + PNG), per-class report and ``test_predictions.csv`` of a tested model."""
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    logger.log_dict(
+        {"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json"
+    )
+    figure = confusion_matrix_figure(matrix, classes)
+    logger.log_figure(figure, "confusion_matrix.png")
+    image = png_bytes(figure)
+    plt.close(figure)
+    text, table = report_table(y_true, y_pred, classes)
+    logger.log_text(text, "classification_report.txt")
+    logger.log_dict(table, "classification_report.json")
+    frame = pd.DataFrame(
+        {"patient_id": patient_ids, "true": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]}
+    )
+    for i, cls in enumerate(classes):
+        frame[f"prob_{cls}"] = probs[:, i]
+    logger.log_frame_csv(frame, "test_predictions.csv")
+    return {"confusion_matrix.png": image}

@@ -1,0 +1,233 @@
+"""Patient-grouped, stratified K-fold cross-validation of one model: ``fit --cv K [--cv-repeats R]``.
+
+Every kept patient is tested exactly once per repeat, by a model that never saw them; each fold's
+early-stopping validation split comes from its training folds only, and every fitted step
+(imputation, scaling, feature selection, class weights) is refitted on that fold's training patients
+(one data module per fold). A repeat reshuffles the folds with seed ``data.split.seed + repeat``.
+
+MLflow: one parent run (tag ``lf.cv=K``) with a child run per fold (tags ``lf.fold``, ``lf.repeat``),
+and on the parent: ``cv/<metric>_mean`` / ``cv/<metric>_std`` over folds, the per-fold table
+(``cv_folds.csv`` / ``.md``), the out-of-fold predictions (``oof_predictions.csv``: patient id,
+repeat, fold, true label, class probabilities), pooled out-of-fold metrics with bootstrap intervals
+(``oof/<metric>``, first repeat) and ``report.html``. The predefined split of a dataset is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lightning_fusion.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
+from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.data.splits import cross_validation_folds
+from lightning_fusion.evaluation import Interval
+from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
+from lightning_fusion.evaluation.scoring import evaluate, log_evaluation
+from lightning_fusion.fit.results import Predictions, model_kind
+from lightning_fusion.fit.run import fit
+from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+FOLD_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
+
+
+@dataclass
+class Fold:
+    repeat: int
+    index: int
+    splits: dict[str, list[str]]
+
+
+@dataclass
+class CrossValidationResult:
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    folds: pd.DataFrame  # one row per fold: repeat, fold, patient counts, test metrics, run id
+    mean: dict[str, float]
+    std: dict[str, float]
+    oof: pd.DataFrame  # out-of-fold predictions
+    pooled: dict[str, Interval]  # pooled out-of-fold metrics of the first repeat, with intervals
+    classes: list[str]
+
+
+def plan_folds(config: ExperimentConfig, modalities: list[str], k: int, repeats: int) -> list[Fold]:
+    """Read the cohort once and cut the folds of every repeat (errors here come before any run)."""
+    if repeats < 1:
+        raise ConfigError(f"--cv-repeats must be >= 1, got {repeats}")
+    base = MultimodalDataModule(config.data, modalities)
+    base.prepare_data()
+    cohort, _, labels = base.read_labels()
+    split = config.data.split
+    val_fraction = split.val / (split.train + split.val)
+    return [
+        Fold(repeat, index, splits)
+        for repeat in range(repeats)
+        for index, splits in enumerate(
+            cross_validation_folds(labels, k, split.seed + repeat, cohort.groups, val_fraction)
+        )
+    ]
+
+
+def fold_datamodule(config: ExperimentConfig, modalities: list[str], fold: Fold) -> MultimodalDataModule:
+    datamodule = MultimodalDataModule(config.data, modalities, splits=fold.splits)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def cross_validate(
+    config: ExperimentConfig, k: int, repeats: int = 1, progress: Callable[[str], None] = log.info
+) -> CrossValidationResult:
+    """Train and test one model per fold; aggregate on a parent run. See the module docstring."""
+    modalities = list(config.model.modalities)
+    folds = plan_folds(config, modalities, k, repeats)
+    first = fold_datamodule(config, modalities, folds[0])  # bad input stops here: no run exists yet
+    kinds = [first.specs[m].kind for m in modalities]
+    classes = first.classes
+    parent = create_run_logger(
+        config.tracking,
+        f"{config.name}-{model_kind(kinds)}-cv{k}",
+        {
+            "lf.cv": str(k),
+            "lf.cv_repeats": str(repeats),
+            "lf.model_kind": model_kind(kinds),
+            "lf.fusion": config.model.fusion["name"] if len(modalities) > 1 else "none",
+            "lf.dataset": first.summary()["dataset"],
+            "lf.modalities": ",".join(modalities),
+            "lf.experiment": config.name,
+        },
+    )
+    rows, predictions = [], []
+    try:
+        parent.log_params(flatten(to_dict(config)) | {"cv.folds": k, "cv.repeats": repeats})
+        parent.log_text(to_yaml(config), "config.yaml")
+        parent.log_dict({f"repeat{f.repeat}/fold{f.index}": f.splits for f in folds}, "cv_splits.json")
+        for fold in folds:
+            progress(f"repeat {fold.repeat} fold {fold.index + 1}/{k} ...")
+            datamodule = first if fold is folds[0] else fold_datamodule(config, modalities, fold)
+            result = fit(
+                config,
+                datamodule,
+                parent.run_id,
+                run_name=f"{config.name}-r{fold.repeat}-fold{fold.index}",
+                extra_tags={"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)},
+            )
+            counts = {name: len(ids) for name, ids in fold.splits.items()}
+            rows.append(
+                {"repeat": fold.repeat, "fold": fold.index}
+                | {f"n_{name}": n for name, n in counts.items()}
+                | {m: result.test_metrics[f"test/{m}"] for m in FOLD_METRICS if f"test/{m}" in result.test_metrics}
+                | {"run_id": result.run_id}
+            )
+            predictions.append((fold, result.predictions["test"]))
+        table = pd.DataFrame(rows)
+        mean = {m: float(table[m].mean()) for m in FOLD_METRICS if m in table}
+        std = {m: float(table[m].std(ddof=1)) if len(table) > 1 else 0.0 for m in mean}
+        oof = oof_frame(predictions, classes)
+        pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
+        parent.close("success")
+    except BaseException:
+        parent.close("failed")
+        raise
+    return CrossValidationResult(
+        parent.run_id or "",
+        parent.experiment_id,
+        resolve_tracking_uri(config.tracking.tracking_uri),
+        table,
+        mean,
+        std,
+        oof,
+        pooled,
+        classes,
+    )
+
+
+def oof_frame(predictions: list[tuple[Fold, Predictions]], classes: list[str]) -> pd.DataFrame:
+    """Out-of-fold predictions: patient id, repeat, fold, true label (name and index), class probabilities."""
+    frames = []
+    for fold, test in predictions:
+        frame = pd.DataFrame(
+            {
+                "patient_id": test.patient_ids,
+                "repeat": fold.repeat,
+                "fold": fold.index,
+                "true": np.asarray(classes)[test.labels],
+                "label_index": test.labels,
+            }
+        )
+        for i, cls in enumerate(classes):
+            frame[f"prob_{cls}"] = test.probs[:, i]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def oof_arrays(oof: pd.DataFrame, classes: list[str], repeat: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient ids, labels and probabilities of one repeat's out-of-fold predictions, sorted by patient."""
+    part = oof[oof["repeat"] == repeat].sort_values("patient_id")
+    return (
+        part["patient_id"].to_numpy(),
+        part["label_index"].to_numpy(dtype=np.int64),
+        part[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64),
+    )
+
+
+def _log_parent(
+    parent: RunLogger,
+    config: ExperimentConfig,
+    table: pd.DataFrame,
+    mean: dict[str, float],
+    std: dict[str, float],
+    oof: pd.DataFrame,
+    classes: list[str],
+    summary: dict,
+    k: int,
+    repeats: int,
+) -> dict[str, Interval]:
+    parent.log_metrics({f"cv/{m}_mean": v for m, v in mean.items()} | {f"cv/{m}_std": v for m, v in std.items()})
+    parent.log_frame_csv(table, "cv_folds.csv")
+    parent.log_frame_csv(oof, "oof_predictions.csv")
+    _, labels, probs = oof_arrays(oof, classes)
+    evaluation = evaluate(labels, probs, classes, config.evaluation)
+    parent.log_metrics({f"oof/{m}": i.value for m, i in evaluation.intervals.items()})
+    images = log_evaluation(parent, evaluation, stage="oof", prefix="oof_")
+    aggregate = [
+        {"metric": m, "mean ± sd over folds": f"{mean[m]:.3f} ± {std[m]:.3f}"}
+        | ({"pooled out-of-fold [interval]": str(evaluation.intervals[m])} if m in evaluation.intervals else {})
+        for m in mean
+    ]
+    parent.log_text(markdown_table(table), "cv_folds.md")
+    note = (
+        f"<p class='note'>{k}-fold patient-grouped stratified cross-validation, {repeats} repeat(s); "
+        f"{len(labels)} patients, each tested once per repeat. Mean ± sd over the {len(table)} fold models; "
+        "pooled: all out-of-fold predictions of the first repeat with a stratified bootstrap interval.</p>"
+    )
+    report = render_report(
+        f"{config.name}: {k}-fold cross-validation",
+        [
+            ("Data (first fold's split)", dataset_section(summary)),
+            ("Aggregate", table_html(aggregate) + note),
+            ("Per fold", table_html(table.round(4).to_dict("records"))),
+            ("Pooled out-of-fold figures", "".join(image_html(png, name) for name, png in images.items())),
+        ],
+        subtitle=f"MLflow parent run {parent.run_id}",
+    )
+    parent.log_text(report, "report.html")
+    return evaluation.intervals
+
+
+def summary_lines(result: CrossValidationResult) -> list[str]:
+    """Printed by ``fit --cv``: mean ± sd over folds and the pooled out-of-fold interval per metric."""
+    lines = []
+    for metric in FOLD_METRICS:
+        if metric in result.mean:
+            pooled = f"   pooled OOF {result.pooled[metric]}" if metric in result.pooled else ""
+            lines.append(f"  {metric:<18} {result.mean[metric]:.3f} ± {result.std[metric]:.3f}{pooled}")
+    return lines
+
+
+__all__ = ["CrossValidationResult", "cross_validate", "oof_arrays", "oof_frame", "plan_folds", "summary_lines"]

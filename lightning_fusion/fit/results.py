@@ -1,0 +1,66 @@
+"""What a run returns: the best checkpoint's :class:`Predictions` per split, the :class:`FitResult`, and the run's tags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lightning_fusion.config import (
+    ExperimentConfig,
+)
+
+_KIND_OF_UNIMODAL = {"image": "cnn", "vector": "ann", "signal": "signal"}
+
+
+@dataclass
+class Predictions:
+    """Class probabilities of one split, one row per sample in dataset order (``index`` ascending)."""
+
+    patient_ids: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray], patient_ids: list[str]) -> Predictions:
+        order = np.argsort(outputs["index"])
+        if not np.array_equal(outputs["index"][order], np.arange(len(patient_ids))):
+            raise RuntimeError(f"predictions cover {len(order)} samples, the split has {len(patient_ids)}")
+        return cls(np.asarray(patient_ids), outputs["label"][order], outputs["probs"][order].astype(np.float64))
+
+
+@dataclass
+class FitResult:
+    """What a finished run produced."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    test_metrics: dict[str, float]
+    best_checkpoint: str
+    data_summary: dict[str, Any]
+    tags: dict[str, str]
+    # the best checkpoint's probabilities: "test" (rank 0, when tested), "val" with keep_predictions
+    predictions: dict[str, Predictions] | None = None
+    seconds: float = 0.0
+    epochs: int = 0  # epochs trained
+    model_logged: bool = False  # the pyfunc model is the run's ``model`` artifact
+
+
+def model_kind(kinds: list[str]) -> str:
+    """``cnn`` / ``ann`` / ``signal`` for one modality of that kind, ``fusion`` for several."""
+    return _KIND_OF_UNIMODAL.get(kinds[0], kinds[0]) if len(kinds) == 1 else "fusion"
+
+
+def run_tags(config: ExperimentConfig, dataset: str, kinds: list[str]) -> dict[str, str]:
+    model = config.model
+    backbones = [model.encoders[m].get("backbone") for m in model.modalities if model.encoders[m].get("backbone")]
+    return {
+        "lf.model_kind": model_kind(kinds),
+        "lf.fusion": model.fusion["name"] if len(model.modalities) > 1 else "none",
+        "lf.backbone": ",".join(backbones) or "none",
+        "lf.dataset": dataset,
+        "lf.modalities": ",".join(model.modalities),
+        "lf.experiment": config.name,
+    }

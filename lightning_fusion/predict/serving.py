@@ -1,0 +1,116 @@
+"""The best model of a run as an MLflow pyfunc model, so ``mlflow models serve`` answers REST predictions.
+
+``fit`` logs it as the run's ``model`` artifact (``tracking.log_model``): the best checkpoint's
+weights and fitted state (:func:`inference_checkpoint`) as the model's only artifact, a tensor input
+signature with one named input per modality, and the class names and table columns as model
+metadata. Serve it with::
+
+    mlflow models serve -m runs:/<run id>/model --env-manager local -h 127.0.0.1 -p 5001
+
+and post ``{"inputs": {"image": [...], "tabular": [[...]]}}`` to ``/invocations``: images as
+``(N, H, W, C)`` ``uint8`` at the model's image size (views stacked on the channel axis), tables as
+raw values ``(N, F)`` in the training table's column order (``NaN`` where missing: the fitted
+imputation fills it), signals as raw ``(N, leads, samples)``. The fitted preprocessing is applied by
+the model. The answer has one row per patient: ``predicted``, ``confidence`` and ``prob_<class>``.
+``--env-manager local`` serves from the environment lightning_fusion is installed in (it is not on
+PyPI, so MLflow cannot build another one).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+_DTYPES = {"image": np.uint8, "vector": np.float64, "signal": np.float32}
+_REQUIREMENTS = ("torch", "torchvision", "lightning", "timm", "mlflow", "scikit-learn", "skops", "pandas", "numpy")
+
+
+class FusionPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the checkpoint with :func:`~lightning_fusion.predict.trained_model.load_trained` (``weights_only``)."""
+
+    def load_context(self, context: Any) -> None:
+        from lightning_fusion.predict.trained_model import load_trained
+
+        self.model = load_trained(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
+        if not isinstance(model_input, dict):
+            raise ValueError(
+                f"expected one named input per modality ({', '.join(self.model.modalities)}), e.g. "
+                '{"inputs": {"image": [...], "tabular": [[...]]}}'
+            )
+        probs = self.model.predict_arrays(self.model.inputs_from_raw(model_input))
+        frame = self.model.prediction_frame([str(i) for i in range(len(probs))], probs)
+        return frame.drop(columns="patient_id")
+
+
+def signature(model: Any) -> ModelSignature:
+    """One tensor input per modality (shape as sent: images ``(N, H, W, C)``), one column per output."""
+    inputs = []
+    for modality in model.modalities:
+        spec = model.specs[modality]
+        shape = list(spec["shape"])
+        if spec["kind"] == "image":
+            shape = [*shape[1:], shape[0]]
+        elif spec["kind"] == "vector":
+            shape = [len(model.preprocessors[modality].input_columns)]  # raw columns, before selection
+        inputs.append(TensorSpec(np.dtype(_DTYPES[spec["kind"]]), (-1, *shape), modality))
+    outputs = [ColSpec("string", "predicted"), ColSpec("double", "confidence")]
+    outputs += [ColSpec("double", f"prob_{c}") for c in model.classes]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
+    """Write the pyfunc model of ``checkpoint`` into the new folder ``path``."""
+    from lightning_fusion.predict.trained_model import load_trained
+
+    model = load_trained(checkpoint)
+    metadata = {
+        "lightning_fusion": {
+            "modalities": {m: model.specs[m]["kind"] for m in model.modalities},
+            "classes": model.classes,
+            "table_columns": {
+                m: p.input_columns for m, p in model.preprocessors.items() if hasattr(p, "input_columns")
+            },
+        }
+    }
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # model from code: nothing pickled
+        artifacts={"checkpoint": str(checkpoint)},
+        signature=signature(model),
+        pip_requirements=[f"{name}=={version(name)}" for name in _REQUIREMENTS],
+        metadata=metadata,
+    )
+    return path
+
+
+_INFERENCE_KEYS = ("hyper_parameters", "state_dict", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def inference_checkpoint(checkpoint: str | Path, path: Path) -> Path:
+    """``checkpoint`` without what only resuming training needs (optimiser and scheduler state, loops,
+    callbacks): about a third of the size for Adam. Loads like the full one (:func:`load_trained`)."""
+    from lightning_fusion.lit import CHECKPOINT_KEY
+
+    full = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: full[k] for k in (*_INFERENCE_KEYS, CHECKPOINT_KEY) if k in full}, path)
+    return path
+
+
+def log_pyfunc(logger: Any, checkpoint: str | Path) -> None:
+    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact."""
+    with tempfile.TemporaryDirectory() as folder:
+        slim = inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
+        logger.log_folder(save_pyfunc(slim, Path(folder) / "model"), "model")
+
+
+__all__ = ["FusionPyfunc", "log_pyfunc", "save_pyfunc", "signature"]
