@@ -1,4 +1,4 @@
-"""How much the predicted class's probability falls when one modality is taken away, beside the fusion's own modality weights."""
+"""How much the predicted class's probability falls when one modality is taken away; the fusion's weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a tested run keeps in MLflow: data summary and splits, test predictions, confusion matrix, intervals, curves, ``report.html``, explanations and fusion weights."""
+"""What a tested run keeps in MLflow: summary, splits, predictions, intervals, curves, report, explanations."""
 
 from __future__ import annotations
 

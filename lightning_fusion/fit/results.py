@@ -1,4 +1,4 @@
-"""What a run returns: the best checkpoint's :class:`Predictions` per split, the :class:`FitResult`, and the run's tags."""
+"""What a run returns: the best checkpoint's :class:`Predictions`, the :class:`FitResult`, the run's tags."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Lightning Trainer of a run: precision, checkpointing, early stopping, learning-rate logging and the backbone warm-up."""
+"""The Lightning Trainer of a run: precision, checkpoint, early stopping, LR logging, backbone warm-up."""
 
 from __future__ import annotations
 
