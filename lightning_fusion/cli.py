@@ -13,9 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from lightning_fusion.config import ConfigError, parse_override_value
-from lightning_fusion.data.cohort import DataError
-from lightning_fusion.registry import UnknownNameError
+from lightning_fusion.config import parse_override_value
+from lightning_fusion.errors import ConfigError, DataError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -64,8 +63,7 @@ def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
 
 def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, result)``, or ``(2, None)`` after printing a config, data or weights error on one line."""
-    from lightning_fusion.encoders.image import PretrainedWeightsError
-    from lightning_fusion.predict.trained_model import ModelLoadError
+    from lightning_fusion.errors import ModelLoadError, PretrainedWeightsError
 
     try:
         return 0, call()

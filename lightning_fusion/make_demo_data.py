@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.registry import UnknownNameError
+from lightning_fusion.errors import UnknownNameError
 
 
 def _layouts_help() -> str:

@@ -20,14 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from lightning_fusion.errors import UnknownNameError
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """A name that is not in a registry (or not a valid config key); the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly instead
-        return str(self.args[0])
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...], what: str) -> str:

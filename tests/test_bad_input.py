@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.errors import DataError
 from tests.conftest import small_overrides
 
 

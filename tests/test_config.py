@@ -4,7 +4,6 @@ import pytest
 import yaml
 
 from lightning_fusion.config import (
-    ConfigError,
     ExperimentConfig,
     apply_overrides,
     flatten,
@@ -13,6 +12,7 @@ from lightning_fusion.config import (
     resolve,
     to_dict,
 )
+from lightning_fusion.errors import ConfigError
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from lightning_fusion.config import load_config
 from lightning_fusion.encoders import ENCODERS
-from lightning_fusion.encoders.image import PretrainedWeightsError, TimmImageEncoder, TimmImageEncoderConfig
+from lightning_fusion.encoders.image import TimmImageEncoder, TimmImageEncoderConfig
+from lightning_fusion.errors import PretrainedWeightsError
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.models import ModalitySpec, build_model
 

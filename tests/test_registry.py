@@ -2,8 +2,9 @@ import pytest
 
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.encoders import ENCODERS
+from lightning_fusion.errors import UnknownNameError
 from lightning_fusion.fusion import FUSIONS
-from lightning_fusion.registry import Registry, UnknownNameError
+from lightning_fusion.registry import Registry
 
 
 def test_register_get_create_and_metadata():

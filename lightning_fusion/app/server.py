@@ -26,9 +26,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lightning_fusion.app.page import render_page
 from lightning_fusion.app.prediction import PatientPrediction, predict_patient
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.errors import DataError, UploadError
 from lightning_fusion.predict.expectations import model_inputs
-from lightning_fusion.predict.patient_files import PatientInputs, UploadError, read_patient
+from lightning_fusion.predict.patient_files import PatientInputs, read_patient
 from lightning_fusion.predict.trained_model import TrainedModel
 
 DEFAULT_MAX_UPLOAD_MB = 20.0

@@ -35,8 +35,9 @@ import pandas as pd
 from lightning_fusion.compare.procedures import PROCEDURES, DecisionInputs, log_loss
 from lightning_fusion.compare.report import comparison_table, log_comparison, paired_tests
 from lightning_fusion.compare.results import ComparedModel, ComparisonResult
-from lightning_fusion.config import ConfigError, EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
+from lightning_fusion.config import EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
 from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.evaluation import bootstrap_intervals
 from lightning_fusion.fit.artifacts import log_data_summary, log_tested_model
 from lightning_fusion.fit.crossval import fold_datamodule, plan_folds

@@ -22,11 +22,8 @@ from typing import Any
 
 import yaml
 
-from lightning_fusion.registry import Registry, UnknownNameError, suggest
-
-
-class ConfigError(ValueError):
-    """An experiment configuration that cannot be used; the message names the dotted key."""
+from lightning_fusion.errors import ConfigError, UnknownNameError
+from lightning_fusion.registry import Registry, suggest
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import soundfile
 from PIL import Image
 
 from lightning_fusion.data.cache import cache_root, source_key, write_atomically
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 _CACHE_VERSION = 1  # bump when the conversion changes, so old cached images are not reused

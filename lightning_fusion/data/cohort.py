@@ -16,13 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from lightning_fusion.errors import DataError
+
 log = logging.getLogger(__name__)
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, patient, column or label that is wrong."""
 
 
 def normalise_patient_id(raw: Any) -> str:

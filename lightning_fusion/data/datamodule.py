@@ -18,13 +18,14 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
 from lightning_fusion.config import DataConfig, component_options
-from lightning_fusion.data.cohort import Cohort, DataError, JoinReport, class_counts, join_modalities, label_indices
+from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
 from lightning_fusion.data.dataset import MultimodalDataset
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.signal import SignalPreprocessor
 from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
 from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.data.transforms import build_augmentation
+from lightning_fusion.errors import DataError
 from lightning_fusion.models import ModalitySpec
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lightning_fusion.data.cache import cache_root, source_key, write_atomically
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ImageStackModality
+from lightning_fusion.errors import DataError
 
 LAYOUTS = ("3x4", "12x1")
 RENDER_VERSION = 1  # bump when the drawing changes, so cached images are not reused

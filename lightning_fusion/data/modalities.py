@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.errors import DataError
 
 _MODES = {1: "L", 3: "RGB"}
 

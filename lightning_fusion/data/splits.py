@@ -8,13 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.errors import DataError, LeakageError
 
 SPLITS = ("train", "val", "test")
-
-
-class LeakageError(DataError):
-    """The same patient appears in more than one split (or fold)."""
 
 
 def stratified_split(

@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lightning_fusion.config import TabularConfig
-from lightning_fusion.data.cohort import DataError
+from lightning_fusion.errors import DataError
 
 # What skops reports as "untrusted" for the pipeline built below: a numpy dtype and the selection score.
 _TRUSTED_TYPES = {"numpy.dtype", "sklearn.feature_selection._univariate_selection.f_classif"}

@@ -34,14 +34,11 @@ from lightning_fusion.encoders.transfer import (
     freeze_before,
     resolve_unfreeze_point,
 )
+from lightning_fusion.errors import PretrainedWeightsError
 
 # ImageNet statistics, tiled over channel groups of 3; other channel counts use a neutral 0.5/0.25.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had (offline, not cached, or a bad file)."""
 
 
 @dataclass

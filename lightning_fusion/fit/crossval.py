@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lightning_fusion.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
+from lightning_fusion.config import ExperimentConfig, flatten, to_dict, to_yaml
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.splits import cross_validation_folds
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.evaluation import Interval
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation

@@ -22,16 +22,12 @@ import pandas as pd
 from werkzeug.utils import secure_filename
 
 from lightning_fusion.data.audio import AUDIO_SUFFIXES, cached_log_mel_png
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ImageStackModality
+from lightning_fusion.errors import DataError, UploadError
 from lightning_fusion.predict.expectations import ModalityInput, reader_options
 from lightning_fusion.predict.trained_model import TrainedModel
 
 PATIENT = "uploaded"  # the patient id of an upload, in the messages of the data loaders (removed from ours)
-
-
-class UploadError(DataError):
-    """An upload the model cannot use; the message says which file or modality and why (HTTP 400)."""
 
 
 class UploadedFile(Protocol):

@@ -23,19 +23,16 @@ import pandas as pd
 import torch
 
 from lightning_fusion.config import ExperimentConfig, component_options
-from lightning_fusion.data.cohort import Cohort, DataError, join_modalities
+from lightning_fusion.data.cohort import Cohort, join_modalities
 from lightning_fusion.data.datamodule import modality_arrays, restore_preprocessors, with_placeholders
 from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.data.readers import READERS
+from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
 
 log = logging.getLogger(__name__)
 
 _SCHEMES = ("runs:/", "models:/")
-
-
-class ModelLoadError(ValueError):
-    """A model reference that cannot be used; the message names it and says why."""
 
 
 def resolve_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> Path:

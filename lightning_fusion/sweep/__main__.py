@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from lightning_fusion.cli import log_to_stderr
-from lightning_fusion.config import ConfigError
+from lightning_fusion.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

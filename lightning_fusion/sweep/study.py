@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_fusion.config import ConfigError, ExperimentConfig, build_dataclass, load_config, load_yaml
+from lightning_fusion.config import ExperimentConfig, build_dataclass, load_config, load_yaml
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.registry import suggest
 
 PARAMETER_TYPES = ("categorical", "int", "float")

@@ -34,9 +34,10 @@ from lightning_fusion.data.cohort import normalise_patient_id
 from lightning_fusion.data.signal import SignalPreprocessor
 from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.demo import generate_mpi_cohort
+from lightning_fusion.errors import UploadError
 from lightning_fusion.fit.run import fit
 from lightning_fusion.lit import FusionLitModule
-from lightning_fusion.predict.patient_files import UploadError, read_signal
+from lightning_fusion.predict.patient_files import read_signal
 from lightning_fusion.predict.trained_model import TrainedModel, load_model, resolve_model
 from tests.conftest import PROJECT_ROOT, small_overrides
 

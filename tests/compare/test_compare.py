@@ -18,7 +18,8 @@ from lightning_fusion.compare.procedures import (
     stacking,
     tuned_late_fusion,
 )
-from lightning_fusion.config import ConfigError, load_config
+from lightning_fusion.config import load_config
+from lightning_fusion.errors import ConfigError
 from tests.conftest import small_overrides
 
 FUSIONS = "concat,late_weighted,stacking,ensemble_mean"

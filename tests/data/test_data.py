@@ -6,12 +6,13 @@ import pytest
 from PIL import Image
 
 from lightning_fusion.config import AugmentConfig, TabularConfig, load_config
-from lightning_fusion.data.cohort import Cohort, DataError, join_modalities, normalise_ids, normalise_patient_id
+from lightning_fusion.data.cohort import Cohort, join_modalities, normalise_ids, normalise_patient_id
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.modalities import TableModality
-from lightning_fusion.data.splits import LeakageError, assert_disjoint, stratified_split
+from lightning_fusion.data.splits import assert_disjoint, stratified_split
 from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.data.transforms import build_augmentation
+from lightning_fusion.errors import DataError, LeakageError
 from tests.conftest import SMALL_PATIENTS, small_overrides
 
 

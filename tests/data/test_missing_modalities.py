@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_fusion.config import ConfigError, load_config, to_dict
+from lightning_fusion.config import load_config, to_dict
 from lightning_fusion.data.cohort import normalise_patient_id
 from lightning_fusion.data.datamodule import MultimodalDataModule
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.fit.run import fit
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.lit import FusionLitModule

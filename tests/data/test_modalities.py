@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from lightning_fusion.config import SignalConfig
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.modalities import ArrayImageModality, ImageStackModality, SignalModality
 from lightning_fusion.data.signal import SignalPreprocessor
-from lightning_fusion.data.splits import LeakageError, assert_patients_disjoint, stratified_split
+from lightning_fusion.data.splits import assert_patients_disjoint, stratified_split
+from lightning_fusion.errors import DataError, LeakageError
 
 
 def _signals(rng, n=20, leads=3, samples=50, offset=0.0):

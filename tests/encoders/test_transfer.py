@@ -14,7 +14,7 @@ from torch import nn
 
 import lightning_fusion.fit.run as training
 from lightning_fusion import layers as layers_cli
-from lightning_fusion.config import ConfigError, load_config, to_dict
+from lightning_fusion.config import load_config, to_dict
 from lightning_fusion.encoders.image import TimmImageEncoder, TimmImageEncoderConfig
 from lightning_fusion.encoders.transfer import (
     apply_frozen_norm_modes,
@@ -22,6 +22,7 @@ from lightning_fusion.encoders.transfer import (
     layer_groups,
     resolve_unfreeze_point,
 )
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.fit.warmup import BackboneWarmup
 from lightning_fusion.lit import FusionLitModule
 from tests.conftest import small_overrides

@@ -67,7 +67,8 @@ def test_report_names_the_exclusions_and_embeds_the_figures():
 
 
 def test_temperature_scaling_under_ddp_is_refused_before_anything_runs():
-    from lightning_fusion.config import ConfigError, load_config
+    from lightning_fusion.config import load_config
+    from lightning_fusion.errors import ConfigError
 
     with pytest.raises(ConfigError, match="temperature_scaling fits on validation predictions gathered in one process"):
         load_config(None, {"evaluation.temperature_scaling": True, "trainer.devices": 2, "trainer.strategy": "ddp"})

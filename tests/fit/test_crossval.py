@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
-from lightning_fusion.data.splits import LeakageError, cross_validation_folds
+from lightning_fusion.data.splits import cross_validation_folds
+from lightning_fusion.errors import DataError, LeakageError
 from lightning_fusion.fit import __main__ as fit_cli
 from tests.conftest import small_overrides
 

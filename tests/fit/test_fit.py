@@ -12,9 +12,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.demo import generate_mpi_cohort
+from lightning_fusion.errors import DataError
 from lightning_fusion.fit import __main__ as fit_cli
 from lightning_fusion.fit.run import fit
 from lightning_fusion.lit import FusionLitModule
@@ -282,7 +282,7 @@ def test_ddp_on_two_cpu_processes(small_cohort, mlflow_store):
 
 
 def test_spawned_ddp_is_rejected_up_front():
-    from lightning_fusion.config import ConfigError
+    from lightning_fusion.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy 'ddp_spawn' is not supported by fit; use 'ddp'"):
         load_config(None, {"trainer.strategy": "ddp_spawn"})

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from test_models import SPECS, SUBSETS
 from torch import nn
 
-from lightning_fusion.config import ConfigError, HeadConfig, load_config
+from lightning_fusion.config import HeadConfig, load_config
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.late import LateWeightedFusionConfig
 from lightning_fusion.models import ModalitySpec, MultimodalClassifier, build_model

@@ -12,11 +12,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError, normalise_patient_id
+from lightning_fusion.data.cohort import normalise_patient_id
 from lightning_fusion.demo import generate_mpi_cohort
+from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.fit.run import fit
 from lightning_fusion.predict import __main__ as predict_cli
-from lightning_fusion.predict.trained_model import ModelLoadError, load_model, load_trained, resolve_model
+from lightning_fusion.predict.trained_model import load_model, load_trained, resolve_model
 from tests.conftest import PROJECT_ROOT, small_overrides
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lightning_fusion.config import ConfigError
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.sweep import __main__ as sweep_cli
 from lightning_fusion.sweep.runner import run_sweep
 from lightning_fusion.sweep.study import load_study, sample

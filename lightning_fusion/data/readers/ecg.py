@@ -48,11 +48,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids
+from lightning_fusion.data.cohort import Cohort, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality, SignalModality, TableModality
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
+from lightning_fusion.errors import DataError
 from lightning_fusion.registry import suggest
 
 log = logging.getLogger(__name__)

@@ -67,11 +67,12 @@ import pandas as pd
 import wfdb
 
 from lightning_fusion.data.cache import cache_root, source_key, write_atomically
-from lightning_fusion.data.cohort import Cohort, DataError, normalise_ids, normalise_patient_id
+from lightning_fusion.data.cohort import Cohort, normalise_ids, normalise_patient_id
 from lightning_fusion.data.ecg_render import ECGImageCache, RenderedECGModality, RenderOptions
 from lightning_fusion.data.modalities import SignalModality, TableModality
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
+from lightning_fusion.errors import DataError
 
 log = logging.getLogger(__name__)
 

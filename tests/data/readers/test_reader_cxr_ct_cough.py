@@ -16,13 +16,13 @@ from PIL import Image
 import lightning_fusion.data.readers.cxr_ct_cough  # noqa: F401  (registers the reader)
 import lightning_fusion.demo.cxr_ct_cough  # noqa: F401  (registers the demo layout)
 from lightning_fusion import make_demo_data
-from lightning_fusion.config import ConfigError, load_config
+from lightning_fusion.config import load_config
 from lightning_fusion.data import audio
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.cxr_ct_cough import CxrCtCoughReaderConfig, natural_key
 from lightning_fusion.demo.cxr_ct_cough import split_counts, write_cxr_ct_cough
+from lightning_fusion.errors import ConfigError, DataError
 
 PATIENTS = 24  # 6 per class: 4 train, 1 valid, 1 test
 SPLIT_OF_FOLDER = {"train": "train", "valid": "val", "test": "test"}

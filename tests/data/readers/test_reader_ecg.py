@@ -13,11 +13,12 @@ import lightning_fusion.data.readers.ecg  # noqa: F401  (registers the reader)
 import lightning_fusion.demo.ecg  # noqa: F401  (registers the demo layout)
 from lightning_fusion import make_demo_data
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import Cohort, DataError, join_modalities
+from lightning_fusion.data.cohort import Cohort, join_modalities
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.ecg import ECGReaderConfig
 from lightning_fusion.demo.ecg import SAMPLES, write_ecg
+from lightning_fusion.errors import DataError
 
 PATIENTS = 40
 MODALITIES = ["image", "signal", "tabular"]

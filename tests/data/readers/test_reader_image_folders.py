@@ -13,10 +13,10 @@ import lightning_fusion.data.readers.image_folders  # noqa: F401  (registers the
 import lightning_fusion.demo.image_folders  # noqa: F401  (registers the writer)
 from lightning_fusion import make_demo_data
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.readers.image_folders import ImageFoldersConfig, ImageFoldersReader
 from lightning_fusion.demo.image_folders import PATIENT_PATTERN, write_image_folders
+from lightning_fusion.errors import DataError
 
 PATIENTS = 16
 

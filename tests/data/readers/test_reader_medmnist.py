@@ -11,10 +11,10 @@ import lightning_fusion.data.readers.medmnist  # noqa: F401  (registers the read
 import lightning_fusion.demo.medmnist  # noqa: F401  (registers the writer)
 from lightning_fusion import make_demo_data
 from lightning_fusion.config import load_config
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.readers.medmnist import TRAIN_DUPLICATE, MedMNISTConfig, MedMNISTReader
 from lightning_fusion.demo.medmnist import write_medmnist
+from lightning_fusion.errors import DataError
 
 IMAGES = 120
 LOGGER = "lightning_fusion.data.readers.medmnist"

@@ -17,11 +17,10 @@ import lightning_fusion.demo.ptbxl  # noqa: F401  (registers the "ptbxl" demo la
 from lightning_fusion import make_demo_data
 from lightning_fusion.config import load_config
 from lightning_fusion.data import ecg_render
-from lightning_fusion.data.cohort import DataError
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.readers.ptbxl import PTBXLReader, PTBXLReaderConfig, record_label
-from lightning_fusion.data.splits import LeakageError
 from lightning_fusion.demo.ptbxl import write_ptbxl
+from lightning_fusion.errors import DataError, LeakageError
 
 LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 DIAGNOSTIC = {"NORM", "IMI", "AMI", "NDT", "LVH", "CLBBB"}
