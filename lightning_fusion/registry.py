@@ -55,6 +55,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is already registered to {self._entries[name].obj!r}")
             self._entries[name] = Entry(name, obj, dict(metadata))
+            if isinstance(obj, type):  # a class knows the name it is chosen by (readers, fusions, ...)
+                obj.registry_name = name
             return obj
 
         return decorator

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from lightning_fusion.explain.inputs import Target, inspecting, model_inputs, target_indices
 from lightning_fusion.fusion import FUSIONS
@@ -45,26 +44,6 @@ class ModalityContributions:
     weights_source: str | None
 
 
-def _fusion_weights(fusion: nn.Module) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The fusion's per-sample modality weights from its last forward, if it keeps any."""
-    modalities = list(getattr(fusion, "modalities", []))
-    source = None
-    if getattr(fusion, "last_gates", None) is not None:  # gated: (B, M)
-        weights, source = fusion.last_gates, "gated fusion gates (softmax over present modalities)"
-    elif getattr(fusion, "last_weights", None) is not None:  # late_weighted: (B, M)
-        weights, source = fusion.last_weights, "late_weighted mixture weights (renormalised over present modalities)"
-    elif getattr(fusion, "last_attention", None) is not None:  # attention: (B, heads, M query, M key)
-        attention = fusion.last_attention.float().mean(dim=1)  # (B, M, M)
-        keys_present = attention.sum(dim=1) > 0  # an absent modality's key receives no attention
-        queries = keys_present.unsqueeze(-1).to(attention.dtype)  # average over the present query tokens
-        weights = (attention * queries).sum(dim=1) / queries.sum(dim=1).clamp_min(1)
-        source = "attention received by each modality token in the last block (mean over heads, present queries)"
-    else:
-        return None, None
-    columns = weights.detach().float().cpu().numpy()
-    return {m: columns[:, i].copy() for i, m in enumerate(modalities)}, source
-
-
 def modality_contributions(
     module: FusionLitModule, batch: Mapping[str, Any], target: Target = None
 ) -> ModalityContributions:
@@ -87,7 +66,7 @@ def modality_contributions(
     with inspecting(module), torch.no_grad():
         inputs = model_inputs(module, batch)
         full = module(inputs).float().softmax(dim=1)
-        weights, source = _fusion_weights(module.model.fusion)  # right after the full-batch forward
+        fusion_weights = module.model.fusion.modality_weights()  # right after the full-batch forward
         targets = target_indices(target, full)
         rows = torch.arange(full.shape[0], device=full.device)
         probability = full[rows, targets]
@@ -114,6 +93,6 @@ def modality_contributions(
         probability=probability.cpu().numpy(),
         deltas=deltas,
         method=method,
-        fusion_weights=weights,
-        weights_source=source,
+        fusion_weights=fusion_weights.as_numpy() if fusion_weights is not None else None,
+        weights_source=fusion_weights.source if fusion_weights is not None else None,
     )

@@ -24,9 +24,8 @@ from lightning_fusion.tracking import RunLogger
 
 
 def _log_fusion_weights(logger: RunLogger, module: FusionLitModule) -> None:
-    fusion = module.model.fusion
-    if hasattr(fusion, "modality_weights"):  # late_weighted: the weights of the tested (best) checkpoint
-        weights = fusion.modality_weights()
+    weights = module.model.fusion.overall_weights()  # late_weighted: the tested (best) checkpoint's weights
+    if weights is not None:
         logger.log_metrics({f"fusion/weight/{m}": w for m, w in weights.items()})
         logger.log_dict(weights, "fusion_weights.json")
 

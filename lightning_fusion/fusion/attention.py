@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.base import Fusion, ModalityWeights
 from lightning_fusion.fusion.head import build_head
-from lightning_fusion.fusion.masking import presence_mask
 
 
 @dataclass
@@ -81,7 +81,7 @@ class _AttentionBlock(nn.Module):
 @FUSIONS.register(
     "attention", level="intermediate", min_modalities=2, supports_missing=True, config=AttentionFusionConfig
 )
-class AttentionFusion(nn.Module):
+class AttentionFusion(Fusion):
     """``{m: (B, D_m)}`` (+ presence mask) → ``(B, num_classes)`` logits via self-attention over modality tokens."""
 
     def __init__(
@@ -91,9 +91,8 @@ class AttentionFusion(nn.Module):
         head,
         options: AttentionFusionConfig | None = None,
     ) -> None:
-        super().__init__()
-        options = options or AttentionFusionConfig()
-        self.modalities = sorted(feature_dims)
+        super().__init__(feature_dims, num_classes, head, options)
+        options = self.options
         self.project = nn.ModuleDict({m: nn.Linear(feature_dims[m], options.d) for m in self.modalities})
         self.modality_embedding = nn.Parameter(torch.randn(len(self.modalities), options.d) * 0.02)
         self.blocks = nn.ModuleList(
@@ -105,8 +104,7 @@ class AttentionFusion(nn.Module):
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        first = features[self.modalities[0]]
-        mask = presence_mask(present, self.modalities, first.shape[0], first.device, "attention")  # (B, M)
+        mask = self.presence(features, present)  # (B, M)
         projected = torch.stack([self.project[m](features[m]) for m in self.modalities], dim=1)  # (B, M, d)
         embedding = self.modality_embedding.to(projected.dtype).expand_as(projected)
         tokens = torch.where(mask.unsqueeze(-1), projected + embedding, embedding)
@@ -116,3 +114,14 @@ class AttentionFusion(nn.Module):
         tokens = torch.where(mask.unsqueeze(-1), tokens, torch.zeros_like(tokens))
         pooled = tokens.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(tokens.dtype)
         return self.head(pooled)
+
+    def modality_weights(self) -> ModalityWeights | None:
+        """Attention each modality token received in the last block: mean over heads and present queries."""
+        if self.last_attention is None:
+            return None
+        attention = self.last_attention.float().mean(dim=1)  # (B, M query, M key)
+        keys_present = attention.sum(dim=1) > 0  # an absent modality's key receives no attention
+        queries = keys_present.unsqueeze(-1).to(attention.dtype)  # average over the present query tokens
+        received = (attention * queries).sum(dim=1) / queries.sum(dim=1).clamp_min(1)
+        source = "attention received by each modality token in the last block (mean over heads, present queries)"
+        return ModalityWeights(received, self.modalities, source)

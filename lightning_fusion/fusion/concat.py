@@ -14,33 +14,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.base import Fusion
 from lightning_fusion.fusion.head import build_head
-from lightning_fusion.fusion.masking import presence_mask
 
 
 @FUSIONS.register("concat", level="intermediate", min_modalities=1, supports_missing=False, config=None)
-class ConcatFusion(nn.Module):
+class ConcatFusion(Fusion):
     """``{m: (B, D_m)}`` → ``(B, num_classes)``; modalities concatenated in a fixed (sorted) order."""
 
-    fusion_name = "concat"
-
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int, head, options=None) -> None:
-        super().__init__()
-        self.modalities = sorted(feature_dims)
+        super().__init__(feature_dims, num_classes, head, options)
         self.head = build_head(sum(feature_dims.values()), head.widths, head.dropouts, num_classes)
 
     def forward(self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None):
         if present is not None:
-            batch_size = features[self.modalities[0]].shape[0]
-            device = features[self.modalities[0]].device
-            mask = presence_mask(present, self.modalities, batch_size, device, self.fusion_name)
+            mask = self.presence(features, present)
+            batch_size = mask.shape[0]
             for i, modality in enumerate(self.modalities):
                 if not bool(mask[:, i].all()):
                     raise ValueError(
-                        f"{self.fusion_name} fusion cannot handle a missing {modality!r} modality "
+                        f"{self.name} fusion cannot handle a missing {modality!r} modality "
                         f"({int((~mask[:, i]).sum())} of {batch_size} samples in this batch lack it); "
                         "drop those patients or use a fusion that supports missing modalities: "
                         f"{', '.join(FUSIONS.names(supports_missing=True))}"

@@ -95,5 +95,3 @@ class StackInputs(nn.Module):
 @FUSIONS.register("early", level="input", min_modalities=2, supports_missing=False, config=None)
 class EarlyFusion(ConcatFusion):
     """The head over the merged groups' features (one group per kind; see the module docstring)."""
-
-    fusion_name = "early"

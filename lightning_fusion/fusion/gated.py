@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.base import Fusion, ModalityWeights
 from lightning_fusion.fusion.head import build_head
-from lightning_fusion.fusion.masking import masked_softmax, presence_mask
+from lightning_fusion.fusion.masking import masked_softmax
 
 
 @dataclass
@@ -46,15 +47,14 @@ class GatedFusionConfig:
 
 
 @FUSIONS.register("gated", level="intermediate", min_modalities=2, supports_missing=True, config=GatedFusionConfig)
-class GatedFusion(nn.Module):
+class GatedFusion(Fusion):
     """``{m: (B, D_m)}`` (+ presence mask) → ``(B, num_classes)`` logits via a softmax gate over modalities."""
 
     def __init__(
         self, feature_dims: Mapping[str, int], num_classes: int, head, options: GatedFusionConfig | None = None
     ) -> None:
-        super().__init__()
-        options = options or GatedFusionConfig()
-        self.modalities = sorted(feature_dims)
+        super().__init__(feature_dims, num_classes, head, options)
+        options = self.options
         self.project = nn.ModuleDict({m: nn.Linear(feature_dims[m], options.d) for m in self.modalities})
         self.gate = nn.ModuleDict({m: nn.Linear(2 * options.d, 1) for m in self.modalities})
         self.head = build_head(options.d, head.widths, head.dropouts, num_classes)
@@ -63,8 +63,7 @@ class GatedFusion(nn.Module):
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        first = features[self.modalities[0]]
-        mask = presence_mask(present, self.modalities, first.shape[0], first.device, "gated")  # (B, M)
+        mask = self.presence(features, present)  # (B, M)
         projected = torch.stack([torch.tanh(self.project[m](features[m])) for m in self.modalities], dim=1)
         # torch.where, not a product: an absent modality contributes nothing even if its features are odd
         projected = torch.where(mask.unsqueeze(-1), projected, torch.zeros_like(projected))  # (B, M, d)
@@ -77,3 +76,8 @@ class GatedFusion(nn.Module):
         self.last_gates = gates.detach()
         fused = (gates.to(projected.dtype).unsqueeze(-1) * projected).sum(dim=1)
         return self.head(fused)
+
+    def modality_weights(self) -> ModalityWeights | None:
+        if self.last_gates is None:
+            return None
+        return ModalityWeights(self.last_gates, self.modalities, "gated fusion gates (softmax over present modalities)")

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.base import Fusion, ModalityWeights
 from lightning_fusion.fusion.head import build_head
-from lightning_fusion.fusion.masking import presence_mask
 from lightning_fusion.registry import suggest
 
 WEIGHT_MODES = ("learned", "fixed")
@@ -72,7 +72,7 @@ class LateWeightedFusionConfig:
 @FUSIONS.register(
     "late_weighted", level="decision", min_modalities=2, supports_missing=True, config=LateWeightedFusionConfig
 )
-class LateWeightedFusion(nn.Module):
+class LateWeightedFusion(Fusion):
     """``{m: (B, D_m)}`` (+ presence mask) → ``(B, num_classes)`` log-probabilities of the weighted mixture."""
 
     def __init__(
@@ -82,9 +82,8 @@ class LateWeightedFusion(nn.Module):
         head,
         options: LateWeightedFusionConfig | None = None,
     ) -> None:
-        super().__init__()
-        options = options or LateWeightedFusionConfig()
-        self.modalities = sorted(feature_dims)
+        super().__init__(feature_dims, num_classes, head, options)
+        options = self.options
         self.heads = nn.ModuleDict(
             {m: build_head(feature_dims[m], head.widths, head.dropouts, num_classes) for m in self.modalities}
         )
@@ -114,17 +113,16 @@ class LateWeightedFusion(nn.Module):
         """``(M,)`` unnormalised log-weights (the learned logits, or the log of the fixed weights)."""
         return self.weight_logits if self.mode == "learned" else self.fixed_log_weights
 
-    def modality_weights(self) -> dict[str, float]:
-        """The weight of each modality when all are present (sums to 1), e.g. for logging."""
+    def overall_weights(self) -> dict[str, float]:
+        """The weight of each modality when all are present (sums to 1), logged with the run."""
         weights = self._weight_scores().detach().float().softmax(dim=0)
         return {m: float(w) for m, w in zip(self.modalities, weights, strict=True)}
 
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        first = features[self.modalities[0]]
-        batch_size = first.shape[0]
-        mask = presence_mask(present, self.modalities, batch_size, first.device, "late_weighted")  # (B, M)
+        mask = self.presence(features, present)  # (B, M)
+        batch_size = mask.shape[0]
         log_probs = torch.stack(
             [self.heads[m](features[m]).float().log_softmax(dim=-1) for m in self.modalities], dim=1
         )  # (B, M, K)
@@ -134,9 +132,15 @@ class LateWeightedFusion(nn.Module):
             samples = unusable.nonzero().flatten().tolist()[:10]
             raise ValueError(
                 f"late_weighted fusion: sample(s) {samples} have only modalities with fixed weight 0 present "
-                f"(weights {self.modality_weights()}); give those modalities a weight > 0"
+                f"(weights {self.overall_weights()}); give those modalities a weight > 0"
             )
         log_weights = scores.log_softmax(dim=1)  # absent (or weight-0) modalities: -inf, the rest renormalised
         self.last_weights = log_weights.detach().exp()
         terms = torch.where(mask.unsqueeze(-1), log_weights.unsqueeze(-1) + log_probs, float("-inf"))
         return terms.logsumexp(dim=1)  # log Σ_m w_m p_m, (B, K)
+
+    def modality_weights(self) -> ModalityWeights | None:
+        if self.last_weights is None:
+            return None
+        source = "late_weighted mixture weights (renormalised over present modalities)"
+        return ModalityWeights(self.last_weights, self.modalities, source)

@@ -363,7 +363,7 @@ def test_modality_contributions_equal_the_probabilities_recomputed_by_hand(cohor
             np.testing.assert_allclose(weights, fusion_module.last_gates.numpy())
         elif fusion == "late_weighted":
             np.testing.assert_allclose(weights, fusion_module.last_weights.numpy())
-            assert weights[0].tolist() == pytest.approx(list(fusion_module.modality_weights().values()))
+            assert weights[0].tolist() == pytest.approx(list(fusion_module.overall_weights().values()))
         else:
             assert result.weights_source.startswith("attention received")
 

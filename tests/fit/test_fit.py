@@ -211,7 +211,7 @@ def test_late_fusion_weights_of_the_tested_checkpoint_are_logged(small_cohort, m
     assert logged == pytest.approx(weights)
     checkpoint = client.download_artifacts(result.run_id, f"checkpoints/{result.best_checkpoint}", str(tmp_path))
     module = FusionLitModule.load_from_checkpoint(checkpoint, weights_only=True)
-    assert module.model.fusion.modality_weights() == pytest.approx(weights)  # the best checkpoint's weights
+    assert module.model.fusion.overall_weights() == pytest.approx(weights)  # the best checkpoint's weights
 
 
 @pytest.mark.parametrize(("modalities", "kind"), [(["image"], "cnn"), (["tabular"], "ann")])

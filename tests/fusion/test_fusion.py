@@ -5,14 +5,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models import SPECS, SUBSETS
 from torch import nn
 
 from lightning_fusion.config import HeadConfig, load_config
 from lightning_fusion.errors import ConfigError
 from lightning_fusion.fusion import FUSIONS
+from lightning_fusion.fusion.base import Fusion, ModalityWeights
 from lightning_fusion.fusion.late import LateWeightedFusionConfig
 from lightning_fusion.models import ModalitySpec, MultimodalClassifier, build_model
+from tests.test_models import SPECS, SUBSETS
 
 BATCH = 4
 MISSING_FUSIONS = FUSIONS.names(supports_missing=True)
@@ -204,19 +205,19 @@ def test_late_weighted_fixed_weights_equal_the_hand_computed_mixture():
             torch.testing.assert_close(out.logsumexp(dim=1), torch.zeros(BATCH), atol=1e-6, rtol=0)
             torch.testing.assert_close(F.cross_entropy(out, target), -expected[range(BATCH), target].log().mean())
             torch.testing.assert_close(out.softmax(dim=1), expected)
-    assert fusion.modality_weights() == pytest.approx({"image": 0.5, "signal": 0.25, "tabular": 0.25})
+    assert fusion.overall_weights() == pytest.approx({"image": 0.5, "signal": 0.25, "tabular": 0.25})
     torch.testing.assert_close(fusion.last_weights[1], torch.tensor([0.0, 0.5, 0.5]))  # MIXED: no image
 
 
 def test_late_weighted_learned_weights_train_and_are_loggable():
     fusion = _fusion("late_weighted", DIMS)
-    assert fusion.modality_weights() == pytest.approx({m: 1 / 3 for m in DIMS})
+    assert fusion.overall_weights() == pytest.approx({m: 1 / 3 for m in DIMS})
     out = fusion(_features(DIMS), MIXED)
     F.cross_entropy(out, torch.tensor([0, 1, 2, 1])).backward()
     assert fusion.weight_logits.grad is not None and fusion.weight_logits.grad.abs().sum() > 0
     with torch.no_grad():
         fusion.weight_logits.copy_(torch.tensor([0.0, 1.0, 2.0]))
-    weights = fusion.modality_weights()
+    weights = fusion.overall_weights()
     assert all(isinstance(w, float) for w in weights.values()) and sum(weights.values()) == pytest.approx(1)
     assert list(weights.values()) == pytest.approx(torch.tensor([0.0, 1.0, 2.0]).softmax(0).tolist())
     with torch.no_grad():
@@ -343,6 +344,35 @@ def test_modality_dropout_must_be_a_probability_below_one(p):
 # --------------------------------------------------------------------------------------------------
 # Registry metadata and config checks
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_every_fusion_is_a_fusion_named_by_the_registry_with_its_options(fusion):
+    module = _fusion(fusion, DIMS)
+    assert isinstance(module, Fusion) and module.name == fusion
+    assert module.modalities == sorted(DIMS)
+    config_cls = FUSIONS.metadata(fusion)["config"]
+    assert module.options == (config_cls() if config_cls else None)  # the registered options' defaults
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_modality_weights_of_the_last_forward_are_per_sample_and_sum_to_one_over_present(fusion):
+    module = _fusion(fusion, DIMS).eval()
+    assert module.modality_weights() is None  # no forward yet
+    present = MIXED if FUSIONS.metadata(fusion)["supports_missing"] else None
+    with torch.no_grad():
+        module(_features(DIMS), present)
+    weights = module.modality_weights()
+    if weights is None:  # concat and early fusion weigh nothing per sample
+        assert fusion in ("concat", "early")
+        return
+    assert isinstance(weights, ModalityWeights) and weights.modalities == sorted(DIMS) and weights.source
+    assert weights.values.shape == (BATCH, len(DIMS))
+    mask = torch.stack([MIXED[m] for m in weights.modalities], dim=1)
+    torch.testing.assert_close(weights.values.sum(dim=1), torch.ones(BATCH))
+    assert bool((weights.values[~mask] == 0).all())  # an absent modality weighs nothing
+    arrays = weights.as_numpy()
+    assert list(arrays) == sorted(DIMS) and arrays["image"].shape == (BATCH,)
+
+
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_every_fusion_declares_its_metadata_and_documents_itself(fusion):
     meta = FUSIONS.metadata(fusion)
