@@ -24,7 +24,7 @@ def _first_patient(root, folder="Normal"):
 
 
 def test_missing_data_folder(tmp_path):
-    with pytest.raises(DataError, match=r"MPI data folder not found: .*nowhere"):
+    with pytest.raises(DataError, match=r"mpi data folder not found: .*nowhere"):
         _setup(tmp_path / "nowhere")
 
 

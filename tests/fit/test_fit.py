@@ -229,7 +229,7 @@ def test_cli_print_config_and_errors(capsys, tmp_path):
     assert fit_cli.main(["--optim.lrr", "0.1"]) == 2
     assert "unknown config key 'lrr'; did you mean 'lr'" in capsys.readouterr().err
     assert fit_cli.main(["--data.reader.name", "mpi", "--data.root", str(tmp_path / "missing")]) == 2
-    assert "data error: MPI data folder not found" in capsys.readouterr().err
+    assert "data error: mpi data folder not found" in capsys.readouterr().err
 
 
 def test_cli_offline_pretrained_weights_is_a_clear_error_and_no_run(small_cohort, mlflow_store, capsys, monkeypatch):

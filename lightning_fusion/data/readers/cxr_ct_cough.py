@@ -102,7 +102,7 @@ def natural_key(name: str) -> tuple[list[int | str], str]:
 class CxrCtCoughReader(FolderReader):
     """Reads the layout into a cohort with one grayscale (or RGB) image modality per folder."""
 
-    name = "cxr_ct_cough"
+    holds = f"{DATASET_FOLDER}/ (or its split folders)"
 
     options: CxrCtCoughReaderConfig
 
@@ -157,11 +157,7 @@ class CxrCtCoughReader(FolderReader):
 
     # ---------------------------------------------------------------------------------------------
     def _dataset_folder(self, root: Path | None) -> Path:
-        if root is None:
-            raise DataError(f"the {self.name} reader needs data.root (the folder holding {DATASET_FOLDER})")
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"{self.name} data folder not found: {root}")
+        root = self.root_folder(root)
         nested = [p for p in root.iterdir() if p.is_dir() and p.name.casefold() == DATASET_FOLDER]
         return nested[0] if nested else root
 

@@ -98,17 +98,13 @@ class ECGReaderConfig:
 class ECGReader(FolderReader):
     """Reads the ECG layout into a cohort with ``image``, ``signal`` and ``tabular`` modalities."""
 
-    name = "ecg"
+    holds = "images/, ecg_signals.csv, ..."
 
     options: ECGReaderConfig
 
     def read(self, root: Path | None) -> Cohort:
         options = self.options
-        if root is None:
-            raise DataError("the ecg reader needs data.root (the folder holding images/, ecg_signals.csv, ...)")
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"ECG data folder not found: {root}")
+        root = self.root_folder(root)
         paths = {
             "images": root / options.images_dir if options.images_dir else None,
             "signals": root / options.signals_file if options.signals_file else None,

@@ -89,16 +89,12 @@ class _ImageFile:
 class ImageFoldersReader(FolderReader):
     """Reads class folders of single images into a cohort with one ``image`` modality."""
 
-    name = "image_folders"
+    holds = "the class folders"
 
     options: ImageFoldersConfig
 
     def read(self, root: Path | None) -> Cohort:
-        if root is None:
-            raise DataError("the image_folders reader needs data.root (the folder holding the class folders)")
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"image folder dataset not found: {root}")
+        root = self.root_folder(root)
         class_of_folder = self._class_folders(root)
         images, ignored = _scan(root, class_of_folder)
         raw_ids = [(Path(image.class_folder) / image.relative).with_suffix("").as_posix() for image in images]

@@ -82,7 +82,7 @@ class _Split:
 class MedMNISTReader(FolderReader):
     """Reads a MedMNIST ``.npz`` into a cohort with one ``image`` modality and predefined splits."""
 
-    name = "medmnist"
+    holds = "the .npz; or set data.reader.file"
 
     options: MedMNISTConfig
 
@@ -137,11 +137,7 @@ class MedMNISTReader(FolderReader):
             if not path.is_file():
                 raise DataError(f"MedMNIST file not found: {path}")
             return path
-        if root is None:
-            raise DataError("the medmnist reader needs data.root (the folder holding the .npz) or data.reader.file")
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"MedMNIST data folder not found: {root}")
+        root = self.root_folder(root)
         found = sorted(root.glob("*.npz"))
         if len(found) != 1:
             names = ", ".join(p.name for p in found) or "none"

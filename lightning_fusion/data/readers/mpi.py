@@ -66,16 +66,12 @@ class MPIReaderConfig:
 class MPIReader(FolderReader):
     """Reads the MPI layout into a cohort with ``image`` and (optionally) ``tabular`` modalities."""
 
-    name = "mpi"
+    holds = "the class folders"
 
     options: MPIReaderConfig
 
     def read(self, root: Path | None) -> Cohort:
-        if root is None:
-            raise DataError("the mpi reader needs data.root (the folder holding the class folders)")
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"MPI data folder not found: {root}")
+        root = self.root_folder(root)
         if self.options.labels_file:
             labels, image_files, missing_view = self._scan_flat(root)
         else:
@@ -208,8 +204,6 @@ class DemoMPIConfig:
 @READERS.register("demo_mpi", config=DemoMPIConfig)
 class DemoMPIReader(MPIReader):
     """The MPI reader on the synthetic cohort; ``data.root`` (or a cache folder) holds it."""
-
-    name = "demo_mpi"
 
     def __init__(self, options: DemoMPIConfig) -> None:
         super().__init__(MPIReaderConfig())

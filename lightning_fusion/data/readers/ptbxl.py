@@ -148,7 +148,7 @@ def record_label(
 class PTBXLReader(FolderReader):
     """Reads PTB-XL into a cohort of records with ``signal``, ``tabular`` and optionally ``image``."""
 
-    name = "ptbxl"
+    holds = "ptbxl_database.csv"
 
     options: PTBXLReaderConfig
 
@@ -158,9 +158,7 @@ class PTBXLReader(FolderReader):
         self.leads: list[str] = []
 
     def read(self, root: Path | None) -> Cohort:
-        if root is None:
-            raise DataError("the ptbxl reader needs data.root (the folder holding ptbxl_database.csv)")
-        root = Path(root)
+        root = self.root_folder(root)
         if not (root / DATABASE).is_file():
             raise DataError(f"PTB-XL database not found: {root / DATABASE}")
         filename_column = FILENAME_COLUMN[self.options.sampling_rate]

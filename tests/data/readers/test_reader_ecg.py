@@ -219,7 +219,7 @@ def test_missing_columns_and_files_are_named(ecg_root):
     shutil.rmtree(ecg_root / "images")
     with pytest.raises(DataError, match=r"not found: .*ecg/images, .*ecg/ecg_signals\.csv"):
         _read(ecg_root)
-    with pytest.raises(DataError, match=r"ECG data folder not found: .*nowhere"):
+    with pytest.raises(DataError, match=r"ecg data folder not found: .*nowhere"):
         _read(ecg_root / "nowhere")
 
 

@@ -183,7 +183,7 @@ def test_patients_spanning_classes_are_one_group(tmp_path, caplog):
 
 
 def test_bad_folders_name_the_culprit(slices, tmp_path):
-    with pytest.raises(DataError, match=r"image folder dataset not found: .*nowhere"):
+    with pytest.raises(DataError, match=r"image_folders data folder not found: .*nowhere"):
         _read(tmp_path / "nowhere")
     (slices / "Normal").rename(slices / "Normals")
     with pytest.raises(DataError, match=r"Normals: unknown class folder 'Normals'; did you mean 'normal'"):

@@ -216,7 +216,7 @@ def test_finding_the_file(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"cannot read MedMNIST file .*broken\.npz"):
         _read(tmp_path, file="broken.npz")
-    with pytest.raises(DataError, match="MedMNIST data folder not found"):
+    with pytest.raises(DataError, match="medmnist data folder not found"):
         _read(tmp_path / "nowhere")
 
 
