@@ -1,8 +1,8 @@
 """The sweep report: best parameters and value, every trial, parameter importances, a metric-vs-parameter plot.
 
 Logged on the study's parent run (``sweep_trials.csv``, ``sweep_report.md``, ``sweep_summary.json``
-with the importances, ``metric_vs_<param>.png``) and printed. Importances use Optuna's default evaluator and need at least
-two finished trials with different parameter values.
+with the importances, ``metric_vs_<param>.png``) and printed. Importances use Optuna's default
+evaluator and need at least two finished trials with different parameter values.
 """
 
 from __future__ import annotations
