@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -25,10 +25,15 @@ from lightning_fusion.errors import UnknownNameError
 T = TypeVar("T")
 
 
-def suggest(name: str, choices: list[str] | tuple[str, ...], what: str) -> str:
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the closest matches of ``name`` in ``choices``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def suggest(name: str, choices: Sequence[str], what: str) -> str:
     """Build the message for an unknown ``name`` among ``choices``, with the closest matches first."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    hint = did_you_mean(name, choices) or "."
     return f"unknown {what} {name!r}{hint} Choices: {', '.join(sorted(choices)) or '(none)'}"
 
 

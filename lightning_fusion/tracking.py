@@ -93,6 +93,11 @@ def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str
     )
 
 
+def metric_key_part(text: str) -> str:
+    """``text`` as one part of an MLflow metric key (``compare/<model>/auroc``): safe characters only."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
 def _folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
 

@@ -9,7 +9,6 @@ is marked significant when its adjusted p-value is below 0.05.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ from lightning_fusion.config import EvaluationConfig, ExperimentConfig
 from lightning_fusion.evaluation import holm_adjust, mcnemar_test, paired_auroc_difference
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import png_bytes
-from lightning_fusion.tracking import RunLogger
+from lightning_fusion.tracking import RunLogger, metric_key_part
 
 TABLE_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "nll")
 ALPHA = 0.05
@@ -182,7 +181,7 @@ def log_comparison(
     plt.close(figure)
     parent.log_metrics(
         {
-            f"compare/{_slug(row['model'])}/{metric}": float(row[metric])
+            f"compare/{metric_key_part(row['model'])}/{metric}": float(row[metric])
             for _, row in table.iterrows()
             for metric in TABLE_METRICS
         }
@@ -238,7 +237,3 @@ def verdict(result: ComparisonResult) -> str:
             )
         )
     return line
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")

@@ -46,7 +46,7 @@ from lightning_fusion.fit.run import fit
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.metrics import metrics_from_probabilities
 from lightning_fusion.registry import suggest
-from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
+from lightning_fusion.tracking import create_run_logger, metric_key_part, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _run_procedure(
         logger.log_dict(details | {"base_runs": base_runs, "study": meta.get("study")}, "procedure.json")
         weights = details.get("weights") if procedure == "late_weighted" else None
         if weights:
-            logger.log_metrics({f"fusion/weight/{_slug(m)}": w for m, w in weights.items()})
+            logger.log_metrics({f"fusion/weight/{metric_key_part(m)}": w for m, w in weights.items()})
         logger.log_metrics(metrics_from_probabilities(fused.probs, fused.labels, classes))
         log_tested_model(
             logger,
@@ -416,10 +416,6 @@ def _patients(datamodule: MultimodalDataModule, sample_ids: Sequence[str]) -> li
     """The patient of each sample (a sample is a patient unless the cohort groups samples by patient)."""
     groups = datamodule.cohort.groups
     return [str(groups[s]) for s in sample_ids] if groups is not None else [str(s) for s in sample_ids]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 __all__ = ["DEFAULT_FUSIONS", "ComparedModel", "ComparisonResult", "parse_fusions", "run_comparison"]

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from lightning_fusion.data.cache import cache_root, source_key, write_atomically
+from lightning_fusion.data.cache import cache_root, source_key, write_file_atomically
 from lightning_fusion.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -125,4 +125,4 @@ def cached_log_mel_png(path: str | Path, params: MelSpectrogramParams, cache_dir
     if target.is_file():
         return target
     image = log_mel_image(load_audio(path, params.sample_rate), params, source=f"audio file {path}")
-    return write_atomically(target, lambda stream: Image.fromarray(image).save(stream, format="PNG"))
+    return write_file_atomically(target, lambda stream: Image.fromarray(image).save(stream, format="PNG"))

@@ -33,7 +33,7 @@ def source_key(sources: Sequence[Path], params: Mapping[str, Any], version: int)
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_file_atomically(target: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``target`` through ``write(stream)`` into a temporary sibling, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")

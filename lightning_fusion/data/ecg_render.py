@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lightning_fusion.data.cache import cache_root, source_key, write_atomically
+from lightning_fusion.data.cache import cache_root, source_key, write_file_atomically
 from lightning_fusion.data.modalities import ImageStackModality
 from lightning_fusion.errors import DataError
 
@@ -132,7 +132,7 @@ class ECGImageCache:
         if path.is_file():
             return path
         image = render_ecg(load(), leads, sampling_rate, self.options)
-        return write_atomically(path, lambda stream: image.save(stream, format="PNG"))
+        return write_file_atomically(path, lambda stream: image.save(stream, format="PNG"))
 
 
 class RenderedECGModality(ImageStackModality):

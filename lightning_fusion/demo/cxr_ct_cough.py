@@ -39,7 +39,7 @@ import soundfile
 from PIL import Image
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import write_dataset_once
 
 __all__ = ["CLASS_FOLDERS", "MODALITY_FOLDERS", "SPLIT_FOLDERS", "write_cxr_ct_cough"]
 
@@ -85,7 +85,7 @@ def write_cxr_ct_cough(root: str | Path, patients: int = 120, seed: int = 0, cou
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     params = {"patients": patients, "seed": seed, "cough_audio": bool(cough_audio), "version": _VERSION}
-    return write_atomically(root, params, lambda out: _write(out, params), what="synthetic CT/CXR/cough dataset")
+    return write_dataset_once(root, params, lambda out: _write(out, params), what="synthetic CT/CXR/cough dataset")
 
 
 def split_counts(patients: int) -> dict[str, dict[str, int]]:

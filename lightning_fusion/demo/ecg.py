@@ -47,7 +47,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import check_integers, write_atomically
+from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 __all__ = ["CLASSES", "write_ecg"]
 
@@ -86,7 +86,7 @@ def write_ecg(root: str | Path, patients: int = 120, seed: int = 0) -> Path:
     """
     check_integers(patients=(patients, 20), seed=(seed, 0))
     params = {"layout": "ecg", "patients": int(patients), "seed": int(seed), "version": _VERSION}
-    return write_atomically(
+    return write_dataset_once(
         root, params, lambda out: _write(out, int(patients), int(seed)), what="synthetic ECG dataset"
     )
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import check_integers, write_atomically
+from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 CLASS_FOLDERS = ("Normal", "Sick")
 PATIENT_PATTERN = r"^(\w+)_slice\d+"
@@ -58,7 +58,7 @@ def write_image_folders(root: str | Path, patients: int = 80, seed: int = 0) -> 
     """
     check_integers(patients=(patients, 10), seed=(seed, 0))
     params = {"layout": "image_folders", "patients": int(patients), "seed": int(seed), "version": _VERSION}
-    return write_atomically(root, params, lambda out: _write(out, int(patients), int(seed)), what="image_folders set")
+    return write_dataset_once(root, params, lambda out: _write(out, int(patients), int(seed)), what="image_folders set")
 
 
 def _write(out: Path, n_patients: int, seed: int) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import check_integers, write_atomically
+from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 IMAGE_SIZE = 28
 PNEUMONIA_FRACTION = 0.74
@@ -55,7 +55,7 @@ def write_medmnist(root: str | Path, patients: int = 200, seed: int = 0, with_te
         "with_test": bool(with_test),
         "version": _VERSION,
     }
-    return write_atomically(
+    return write_dataset_once(
         root, params, lambda out: _write(out, int(patients), int(seed), bool(with_test)), what="MedMNIST set"
     )
 

@@ -48,7 +48,7 @@ import pandas as pd
 from PIL import Image
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import check_integers, write_atomically
+from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 __all__ = ["CLASS_FOLDERS", "VIEW_NAMES", "generate_mpi_cohort"]
 
@@ -101,7 +101,7 @@ def generate_mpi_cohort(
         "class_fractions": list(fractions),
         "version": _VERSION,
     }
-    return write_atomically(
+    return write_dataset_once(
         root, params, lambda out: _write_cohort(out, params, fractions), what="synthetic MPI cohort"
     )
 

@@ -41,7 +41,7 @@ import pandas as pd
 import wfdb
 
 from lightning_fusion.demo import DEMO_LAYOUTS
-from lightning_fusion.demo.writing import write_atomically
+from lightning_fusion.demo.writing import write_dataset_once
 
 __all__ = ["LEADS", "write_ptbxl"]
 
@@ -255,4 +255,4 @@ def write_ptbxl(root: str | Path, patients: int = 60, seed: int = 0) -> Path:
     if patients < 10:
         raise ValueError(f"patients must be >= 10 (one per strat_fold at least), got {patients}")
     params = {"layout": "ptbxl", "patients": patients, "seed": seed, "version": _VERSION}
-    return write_atomically(root, params, lambda tmp: _write(tmp, patients, seed), "synthetic PTB-XL dataset")
+    return write_dataset_once(root, params, lambda tmp: _write(tmp, patients, seed), "synthetic PTB-XL dataset")

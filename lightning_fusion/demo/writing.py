@@ -1,6 +1,6 @@
 """Writing a synthetic dataset atomically: a temporary sibling folder renamed into place.
 
-Every demo writer goes through :func:`write_atomically`, so an interrupted run never leaves a partial
+Every demo writer goes through :func:`write_dataset_once`, so an interrupted run never leaves a partial
 dataset that looks complete, two processes (e.g. DDP ranks) racing to write the same dataset both end
 up with it, and re-running with the same parameters reuses what is there. The parameters are recorded
 in ``<root>/<manifest>`` (``cohort.json`` by default) next to whatever the writer records itself.
@@ -35,7 +35,7 @@ def matches(root: Path, params: Mapping[str, Any], manifest: str = MANIFEST) -> 
     return isinstance(meta, dict) and all(meta.get(k) == v for k, v in params.items())
 
 
-def write_atomically(
+def write_dataset_once(
     root: str | Path,
     params: Mapping[str, Any],
     write: Callable[[Path], Mapping[str, Any] | None],

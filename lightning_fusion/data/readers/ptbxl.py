@@ -55,7 +55,6 @@ are named in a :class:`DataError`.
 from __future__ import annotations
 
 import ast
-import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,13 +65,14 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from lightning_fusion.data.cache import cache_root, source_key, write_atomically
+from lightning_fusion.data.cache import cache_root, source_key, write_file_atomically
 from lightning_fusion.data.cohort import Cohort, normalise_ids, normalise_patient_id
 from lightning_fusion.data.ecg_render import ECGImageCache, RenderedECGModality, RenderOptions
 from lightning_fusion.data.modalities import SignalModality, TableModality
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.errors import DataError
+from lightning_fusion.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class PTBXLReader(FolderReader):
         if target.is_file():
             return np.load(target)
         signal = self._read_record(sample_id)
-        write_atomically(target, lambda stream: np.save(stream, signal))
+        write_file_atomically(target, lambda stream: np.save(stream, signal))
         return signal
 
     def _read_record(self, sample_id: str) -> np.ndarray:
@@ -382,7 +382,7 @@ def _check_statements(database: pd.DataFrame, known: set[str], database_path: Pa
         if unknown:
             raise DataError(
                 f"{database_path}: ecg_id {sample_id}: scp_codes statement {unknown[0]!r} is not in {path.name}"
-                + _did_you_mean(unknown[0], sorted(known))
+                + did_you_mean(unknown[0], sorted(known))
             )
 
 
@@ -390,12 +390,7 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> Non
     present = [str(c) for c in frame.columns]
     for column in columns:
         if column not in present:
-            raise DataError(f"{path}: no column {column!r}" + _did_you_mean(column, present))
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise DataError(f"{path}: no column {column!r}" + did_you_mean(column, present))
 
 
 def _id_order(sample_id: str) -> tuple[int, str]:
