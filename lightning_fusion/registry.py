@@ -60,7 +60,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is already registered to {self._entries[name].obj!r}")
             self._entries[name] = Entry(name, obj, dict(metadata))
-            if isinstance(obj, type):  # a class knows the name it is chosen by (readers, fusions, ...)
+            if isinstance(obj, type) and obj.__module__ != "builtins":  # a class knows the name it is chosen by
                 obj.registry_name = name
             return obj
 
