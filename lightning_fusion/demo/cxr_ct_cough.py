@@ -38,7 +38,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.registry import DEMO_LAYOUTS
 from lightning_fusion.demo.writing import write_dataset_once
 
 __all__ = ["CLASS_FOLDERS", "MODALITY_FOLDERS", "SPLIT_FOLDERS", "write_cxr_ct_cough"]

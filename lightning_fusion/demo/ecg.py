@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.registry import DEMO_LAYOUTS
 from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 __all__ = ["CLASSES", "write_ecg"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.registry import DEMO_LAYOUTS
 from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 IMAGE_SIZE = 28

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.registry import DEMO_LAYOUTS
 from lightning_fusion.demo.writing import check_integers, write_dataset_once
 
 __all__ = ["CLASS_FOLDERS", "VIEW_NAMES", "generate_mpi_cohort"]

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from lightning_fusion.demo import DEMO_LAYOUTS
+from lightning_fusion.demo.registry import DEMO_LAYOUTS
 from lightning_fusion.demo.writing import write_dataset_once
 
 __all__ = ["LEADS", "write_ptbxl"]

@@ -6,10 +6,7 @@ dataclass of their options). Every encoder is built as ``cls(input_shape, option
 ``out_features``.
 """
 
-from lightning_fusion.registry import Registry
-
-ENCODERS: Registry = Registry("encoder")
-
 from lightning_fusion.encoders import image, signal, tabular  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.encoders.registry import ENCODERS
 
 __all__ = ["ENCODERS"]

@@ -26,7 +26,7 @@ import torch
 from timm.layers.cbam import SpatialAttn
 from torch import nn
 
-from lightning_fusion.encoders import ENCODERS
+from lightning_fusion.encoders.registry import ENCODERS
 from lightning_fusion.encoders.transfer import (
     apply_frozen_norm_modes,
     count_layer_groups,

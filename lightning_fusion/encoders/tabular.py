@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_fusion.encoders import ENCODERS
+from lightning_fusion.encoders.registry import ENCODERS
 
 
 @dataclass

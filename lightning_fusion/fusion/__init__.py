@@ -13,10 +13,7 @@ Built-ins: ``concat`` (intermediate, the unimodal baseline with one modality; no
 over modality tokens) and ``late_weighted`` (decision, weighted average of per-modality classifiers).
 """
 
-from lightning_fusion.registry import Registry
-
-FUSIONS: Registry = Registry("fusion strategy")
-
 from lightning_fusion.fusion import attention, concat, early, gated, late  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.fusion.registry import FUSIONS
 
 __all__ = ["FUSIONS"]

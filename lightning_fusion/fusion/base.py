@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.masking import presence_mask
+from lightning_fusion.fusion.registry import FUSIONS
 
 
 @dataclass(frozen=True)

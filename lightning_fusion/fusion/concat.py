@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 import torch
 
-from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.base import Fusion
 from lightning_fusion.fusion.head import build_head
+from lightning_fusion.fusion.registry import FUSIONS
 
 
 @FUSIONS.register("concat", level="intermediate", min_modalities=1, supports_missing=False, config=None)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.concat import ConcatFusion
+from lightning_fusion.fusion.registry import FUSIONS
 
 KIND_ORDER = ("image", "signal", "vector")
 

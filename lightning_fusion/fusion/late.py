@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.base import Fusion, ModalityWeights
 from lightning_fusion.fusion.head import build_head
+from lightning_fusion.fusion.registry import FUSIONS
 from lightning_fusion.registry import suggest
 
 WEIGHT_MODES = ("learned", "fixed")

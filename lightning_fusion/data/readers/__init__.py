@@ -5,10 +5,7 @@ Readers register in :data:`READERS` with ``config`` (their options dataclass) an
 process), ``reader.read(root)`` returns the cohort.
 """
 
-from lightning_fusion.registry import Registry
-
-READERS: Registry = Registry("dataset reader")
-
 from lightning_fusion.data.readers import cxr_ct_cough, ecg, image_folders, medmnist, mpi, ptbxl  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.data.readers.registry import READERS
 
 __all__ = ["READERS"]

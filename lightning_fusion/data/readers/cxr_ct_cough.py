@@ -53,9 +53,9 @@ import pandas as pd
 from lightning_fusion.data.audio import AUDIO_SUFFIXES, MelSpectrogramParams, cached_log_mel_png
 from lightning_fusion.data.cohort import Cohort, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
+from lightning_fusion.data.readers.registry import READERS
 from lightning_fusion.errors import DataError, UnknownNameError
 from lightning_fusion.registry import suggest
 

@@ -40,9 +40,9 @@ import pandas as pd
 
 from lightning_fusion.data.cohort import Cohort, normalise_ids, normalise_patient_id
 from lightning_fusion.data.modalities import ImageStackModality
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
 from lightning_fusion.data.readers.mpi import IMAGE_SUFFIXES
+from lightning_fusion.data.readers.registry import READERS
 from lightning_fusion.errors import DataError
 from lightning_fusion.registry import suggest
 

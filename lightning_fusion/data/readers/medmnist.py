@@ -38,8 +38,8 @@ import pandas as pd
 
 from lightning_fusion.data.cohort import Cohort
 from lightning_fusion.data.modalities import ArrayImageModality
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
+from lightning_fusion.data.readers.registry import READERS
 from lightning_fusion.data.splits import stratified_split
 from lightning_fusion.errors import DataError
 

@@ -32,8 +32,8 @@ import pandas as pd
 from lightning_fusion.data.cache import cache_root
 from lightning_fusion.data.cohort import Cohort, normalise_ids
 from lightning_fusion.data.modalities import ImageStackModality, TableModality
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
+from lightning_fusion.data.readers.registry import READERS
 from lightning_fusion.errors import DataError
 from lightning_fusion.registry import suggest
 

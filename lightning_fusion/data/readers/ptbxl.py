@@ -69,8 +69,8 @@ from lightning_fusion.data.cache import cache_root, source_key, write_file_atomi
 from lightning_fusion.data.cohort import Cohort, normalise_ids, normalise_patient_id
 from lightning_fusion.data.ecg_render import ECGImageCache, RenderedECGModality, RenderOptions
 from lightning_fusion.data.modalities import SignalModality, TableModality
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.readers.base import FolderReader
+from lightning_fusion.data.readers.registry import READERS
 from lightning_fusion.errors import DataError
 from lightning_fusion.registry import did_you_mean
 
