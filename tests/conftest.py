@@ -59,6 +59,32 @@ def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
     return {"uri": uri, "artifacts": str(tmp_path / "mlruns")}
 
 
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory) -> dict:
+    """One demo fusion model (image + clinical table with fitted imputation and scaling, 60 patients, 64 px,
+    3 epochs) and its MLflow store, trained once for every test that only uses a trained model.
+
+    64 px because ``test_resnet`` reduces 32x and Grad-CAM needs a 2x2 last feature map. The end-to-end
+    ``fit`` tests train their own, larger run: they check that training learns.
+    """
+    from lightning_fusion.config import load_config
+    from lightning_fusion.demo import generate_mpi_cohort
+    from lightning_fusion.fit.run import fit
+
+    tmp = tmp_path_factory.mktemp("trained_demo")
+    root = generate_mpi_cohort(tmp / "mpi", 60, seed=11, image_size=64)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    settings = {
+        "data.image_size": 64,
+        "trainer.max_epochs": 3,
+        "tracking.tracking_uri": uri,
+        "tracking.artifact_root": str(tmp / "mlruns"),
+        "tracking.experiment": "trained-demo",
+    }
+    config = load_config(None, small_overrides(root, **settings))
+    return {"result": fit(config), "uri": uri, "root": root, "tmp": tmp, "config": config}
+
+
 def small_overrides(root: Path, **extra) -> dict:
     """Config overrides for a quick run on the small cohort."""
     overrides = {

@@ -33,13 +33,11 @@ from lightning_fusion.config import load_config, to_dict
 from lightning_fusion.data.cohort import normalise_patient_id
 from lightning_fusion.data.signal import SignalPreprocessor
 from lightning_fusion.data.tabular import TabularPreprocessor
-from lightning_fusion.demo import generate_mpi_cohort
 from lightning_fusion.errors import UploadError
-from lightning_fusion.fit.run import fit
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.predict.patient_files import read_signal
 from lightning_fusion.predict.trained_model import TrainedModel, load_model, resolve_model
-from tests.conftest import PROJECT_ROOT, small_overrides
+from tests.conftest import PROJECT_ROOT
 
 IMAGE_SIZE = 64  # test_resnet reduces 32x: a 2x2 last feature map (at 32 px Grad-CAM would be blank)
 VIEWS = ["QPS AC", "Stress QGS AC", "Rest QGS AC"]  # the MPI reader's view order
@@ -50,19 +48,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An image + clinical table model trained for 2 epochs, its checkpoint, and one of its patients' files."""
+def trained(trained_demo, tmp_path_factory):
+    """The session's demo model (image + clinical table), its checkpoint, and one of its patients' files."""
     tmp = tmp_path_factory.mktemp("app")
-    root = generate_mpi_cohort(tmp / "mpi", 60, seed=11, image_size=IMAGE_SIZE)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    overrides = {
-        "data.image_size": IMAGE_SIZE,
-        "trainer.max_epochs": 2,
-        "tracking.tracking_uri": uri,
-        "tracking.artifact_root": str(tmp / "mlruns"),
-        "tracking.experiment": "app",
-    }
-    result = fit(load_config(None, small_overrides(root, **overrides)))
+    root, uri, result = trained_demo["root"], trained_demo["uri"], trained_demo["result"]
+    assert trained_demo["config"].data.image_size == IMAGE_SIZE
     checkpoint = resolve_model(f"runs:/{result.run_id}", uri, tmp / "download")
     model = load_model(str(checkpoint))
     folder = sorted(p for p in root.glob("*/*") if p.is_dir())[0]  # <root>/<Class>/<PATIENT-ID>/

@@ -18,29 +18,13 @@ from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.fit.run import fit
 from lightning_fusion.predict import __main__ as predict_cli
 from lightning_fusion.predict.trained_model import load_model, load_trained, resolve_model
-from tests.conftest import PROJECT_ROOT, small_overrides
+from tests.conftest import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A fusion model (image + clinical table, with fitted imputation and scaling) trained for 3 epochs."""
-    tmp = tmp_path_factory.mktemp("predict")
-    root = generate_mpi_cohort(tmp / "mpi", 60, seed=11, image_size=32)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    config = load_config(
-        None,
-        small_overrides(
-            root,
-            **{
-                "trainer.max_epochs": 3,
-                "tracking.tracking_uri": uri,
-                "tracking.artifact_root": str(tmp / "mlruns"),
-                "tracking.experiment": "predict",
-            },
-        ),
-    )
-    result = fit(config)
-    return {"result": result, "uri": uri, "root": root, "tmp": tmp}
+def trained(trained_demo):
+    """The session's demo fusion model (image + clinical table, fitted imputation and scaling)."""
+    return trained_demo
 
 
 def _run_test_predictions(trained) -> pd.DataFrame:
@@ -180,7 +164,8 @@ def test_inputs_of_another_shape_or_without_a_modality_are_clear_errors(trained,
     model = load_model(f"runs:/{trained['result'].run_id}", trained["uri"])
     other = generate_mpi_cohort(tmp_path / "big", 12, seed=1, image_size=48)
     arrays = model.dataset_arrays(model.read_cohort(other))[1]
-    assert arrays["image"].shape[1:] == (32, 32, 9)  # read at the model's image size, whatever the files' size
+    size = model.config.data.image_size
+    assert size != 48 and arrays["image"].shape[1:] == (size, size, 9)  # at the model's size, not the files' 48 px
     with pytest.raises(DataError, match="trained on samples of shape"):
         model.predict_arrays({"image": arrays["image"][:, :20], "tabular": arrays["tabular"]})
     with pytest.raises(DataError, match="missing \\['tabular'\\]"):
@@ -211,7 +196,8 @@ def test_the_logged_pyfunc_model_predicts_raw_inputs_and_loads_from_the_registry
     served = torch.load(resolve_model(f"runs:/{run_id}/model", trained["uri"]), weights_only=True)
     assert "optimizer_states" not in served and {"state_dict", "hyper_parameters", "lightning_fusion"} <= set(served)
     inputs = {s.name: s for s in pyfunc.metadata.get_input_schema().inputs}
-    assert inputs["image"].shape == (-1, 32, 32, 9) and inputs["tabular"].type == np.dtype("float64")
+    size = trained["config"].data.image_size
+    assert inputs["image"].shape == (-1, size, size, 9) and inputs["tabular"].type == np.dtype("float64")
     model = load_model(f"runs:/{run_id}", trained["uri"])
     ids, raw = _raw_patients(model, 4)
     raw["tabular"][0, 0] = np.nan  # a missing value: the fitted imputation fills it
