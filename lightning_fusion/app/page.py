@@ -88,8 +88,8 @@ the patient does not have (at least one is needed).</p>{% endif %}
 <input type="file" id="input-{{ item.name | dom_id }}" name="{{ item.name }}" accept="{{ item.suffixes | join(',') }}"
 {% if item.count > 1 %} multiple{% endif %}{% if not optional %} required{% endif %}>
 {% if item.details %}<details><summary>
-{% if item.kind == "vector" %}the {{ item.details | length }} columns{% else %}details{% endif %}</summary>
-<p>{{ item.details | join(", " if item.kind == "vector" else "; ") }}</p></details>{% endif %}
+{{ item.details_title }}</summary>
+<p>{{ item.details_text }}</p></details>{% endif %}
 </fieldset>
 {% endfor %}
 <button id="submit" type="submit">Predict</button>

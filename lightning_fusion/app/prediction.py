@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from lightning_fusion.data.dataset import collate_arrays
+from lightning_fusion.data.kinds import kind_of
 from lightning_fusion.explain.cam import grad_cam, view_overlays
 from lightning_fusion.predict.expectations import ModalityInput
 from lightning_fusion.predict.trained_model import TrainedModel
@@ -58,7 +59,7 @@ def predict_patient(
     absent = {m for m, flags in (present or {}).items() if not flags[0]}
     cams = []
     for item in inputs:
-        if item.kind == "image":
+        if kind_of(item).explanation == "grad_cam":
             cams.append(
                 CamResult(item.name, list(item.view_names), message=f"{item.name} was not given")
                 if item.name in absent

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 from lightning_fusion.config import DataConfig, component_options
 from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
 from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.kinds import KINDS, kind_of
+from lightning_fusion.data.kinds.base import Preprocessor
 from lightning_fusion.data.readers import READERS
-from lightning_fusion.data.signal import SignalPreprocessor
 from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
-from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.data.transforms import build_augmentation
 from lightning_fusion.errors import DataError
 from lightning_fusion.models import ModalitySpec
@@ -46,7 +46,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.join: JoinReport | None = None
         self.splits: dict[str, list[str]] = {}
         self.datasets: dict[str, MultimodalDataset] = {}
-        self.preprocessors: dict[str, TabularPreprocessor | SignalPreprocessor] = {}
+        self.preprocessors: dict[str, Preprocessor] = {}
         self.class_weights: list[float] = []
 
     # ---------------------------------------------------------------------------------------------
@@ -119,7 +119,8 @@ class MultimodalDataModule(L.LightningDataModule):
     ) -> dict[str, dict]:
         """Per split and modality, one array row per patient; an absent modality's row is a zero placeholder.
 
-        Fitted steps (tabular, signal) see the training patients that *have* the modality only.
+        Fitted steps (the kind's :meth:`~lightning_fusion.data.kinds.base.ModalityKind.fit`: tabular
+        pipeline, signal normalisation) see the training patients that *have* the modality only.
         """
         arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in SPLITS}
         for modality in self.modalities:
@@ -129,18 +130,13 @@ class MultimodalDataModule(L.LightningDataModule):
                 for name in SPLITS
             }
             ids = {name: [pid for pid, h in zip(splits[name], have[name]) if h] for name in SPLITS}
-            if source.kind == "vector":
-                preprocessor = TabularPreprocessor(self.config.tabular)
-                preprocessor.fit(source.rows(ids["train"]), y["train"][have["train"]], source=source.source)
+            kind = kind_of(source)
+            preprocessor, train = kind.fit(source, ids["train"], y["train"][have["train"]], self.config)
+            if preprocessor is not None:
                 self.preprocessors[modality] = preprocessor
-            loaded: dict[str, np.ndarray] = {}
-            if source.kind == "signal":  # read the training signals once: to fit, then to transform
-                train = source.load_many(ids["train"])
-                self.preprocessors[modality] = SignalPreprocessor(self.config.signal).fit(train, leads=source.leads)
-                loaded["train"] = self.preprocessors[modality].transform(train)
+            loaded = {"train": train}
             for name in SPLITS:
                 if name not in loaded:
-                    preprocessor = self.preprocessors.get(modality)
                     loaded[name] = modality_arrays(cohort, modality, ids[name], self.config, preprocessor)
             for name in SPLITS:
                 train = loaded["train"]
@@ -240,33 +236,25 @@ def modality_arrays(
     modality: str,
     patient_ids: list[str],
     data: DataConfig,
-    preprocessor: TabularPreprocessor | SignalPreprocessor | None,
+    preprocessor: Preprocessor | None,
 ) -> np.ndarray:
     """One modality of the given patients as the model sees it (fitted preprocessing applied).
 
     Images: ``(N, H, W, C)`` ``uint8`` at ``data.image_size``; tables: ``(N, F)`` ``float32``; signals:
-    ``(N, leads, samples)`` ``float32``. Shared by training and :mod:`lightning_fusion.predict.trained_model`.
+    ``(N, leads, samples)`` ``float32`` (the kind's :meth:`~lightning_fusion.data.kinds.base.ModalityKind.load`).
+    Shared by training and :mod:`lightning_fusion.predict.trained_model`.
     """
     source = cohort.modalities[modality]
-    if source.kind == "image":
-        return source.load_many(patient_ids, data.image_size)
-    if source.kind == "vector":
-        return preprocessor.transform(source.rows(patient_ids), source=source.source)
-    if source.kind == "signal":
-        return preprocessor.transform(source.load_many(patient_ids))
-    raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+    if source.kind not in KINDS:
+        raise DataError(f"{cohort.name}: modality {modality!r} of kind {source.kind!r} has no loader yet")
+    return kind_of(source).load(source, patient_ids, data, preprocessor)
 
 
-def restore_preprocessors(
-    data: DataConfig, state: dict[str, dict[str, Any]], source: str
-) -> dict[str, TabularPreprocessor | SignalPreprocessor]:
+def restore_preprocessors(data: DataConfig, state: dict[str, dict[str, Any]], source: str) -> dict[str, Preprocessor]:
     """The fitted preprocessors of :meth:`MultimodalDataModule.preprocessing_state`."""
-    restored: dict[str, TabularPreprocessor | SignalPreprocessor] = {}
+    restored: dict[str, Preprocessor] = {}
     for modality, fitted in state.items():
-        if fitted["kind"] == "vector":
-            restored[modality] = TabularPreprocessor.from_state(data.tabular, fitted, source=source)
-        elif fitted["kind"] == "signal":
-            restored[modality] = SignalPreprocessor.from_state(data.signal, fitted)
-        else:
+        if fitted["kind"] not in KINDS or not KINDS.get(fitted["kind"]).fitted:
             raise DataError(f"{source}: fitted preprocessing of unknown kind {fitted['kind']!r} for {modality!r}")
+        restored[modality] = KINDS.get(fitted["kind"]).restore(data, fitted, source)
     return restored

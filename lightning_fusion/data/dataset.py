@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from lightning_fusion.data.transforms import image_to_tensor
+from lightning_fusion.data.kinds import KINDS
 
 
 class MultimodalDataset(Dataset):
@@ -19,8 +19,10 @@ class MultimodalDataset(Dataset):
         patient_ids: one id per sample.
         labels: class index per sample.
         arrays: modality → per-sample arrays; images ``(N, H, W, C)`` ``uint8``, vectors ``(N, F)``.
-        kinds: modality → ``image`` | ``vector`` | ``signal``.
-        image_transform: applied to image modalities (``(H, W, C)`` ``uint8`` → same), train only.
+        kinds: modality → ``image`` | ``vector`` | ``signal``, a name in :data:`~lightning_fusion.data.kinds.KINDS`;
+            the kind turns each array row into the sample's tensor (``ModalityKind.to_tensor``).
+        image_transform: augmentation handed to each kind's ``to_tensor``; images apply it (``(H, W, C)``
+            ``uint8`` → same), train only.
         present: modality → ``(N,)`` bool for modalities some patients lack (their rows are
             placeholders); samples then carry ``"present": {modality: bool}``, which the fusion masks.
     """
@@ -41,6 +43,7 @@ class MultimodalDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.arrays = dict(arrays)
         self.kinds = dict(kinds)
+        self._kinds = {modality: KINDS.get(self.kinds[modality]) for modality in self.arrays}
         self.image_transform = image_transform
         # modality → (N,) bool, for the modalities some patients lack; the others are present everywhere
         self.present = {m: np.asarray(p, dtype=bool) for m, p in (present or {}).items()}
@@ -54,13 +57,7 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample: dict[str, Any] = {}
         for modality, values in self.arrays.items():
-            value = values[index]
-            if self.kinds[modality] == "image":
-                if self.image_transform is not None:
-                    value = self.image_transform(image=value)["image"]
-                sample[modality] = image_to_tensor(value)
-            else:
-                sample[modality] = torch.tensor(value, dtype=torch.float32)
+            sample[modality] = self._kinds[modality].to_tensor(values[index], self.image_transform)
         if self.present:
             sample["present"] = {m: torch.tensor(bool(flags[index])) for m, flags in self.present.items()}
         sample["label"] = torch.tensor(self.labels[index])

@@ -12,6 +12,7 @@ from captum.attr import IntegratedGradients
 from lightning_fusion.explain.inputs import (
     ModalityFunction,
     Target,
+    explanation_of,
     input_kind,
     inspecting,
     model_inputs,
@@ -56,10 +57,11 @@ def tabular_attributions(
     per-lead normalisation the zero baseline is the training mean of each lead.
     """
     kind = input_kind(module, modality, batch)
-    if kind not in ("vector", "signal"):
+    method = explanation_of(kind)
+    if method != "integrated_gradients":
         raise ValueError(
             f"tabular_attributions explains tabular (vector) and signal modalities; {modality!r} is a {kind} modality"
-            + (" (use grad_cam)" if kind == "image" else "")
+            + (" (use grad_cam)" if method == "grad_cam" else "")
         )
     if output not in ("logit", "probability"):
         raise ValueError(f"output must be 'logit' or 'probability', got {output!r}")

@@ -23,6 +23,7 @@ from torch import nn
 from lightning_fusion.explain.inputs import (
     ModalityFunction,
     Target,
+    explanation_of,
     input_kind,
     inspecting,
     model_inputs,
@@ -43,7 +44,7 @@ __all__ = ["CAM_METHODS", "cam_target_layer", "grad_cam", "save_png", "view_over
 def _image_encoder(module: nn.Module, batch: Mapping[str, Any], modality: str) -> nn.Module:
     """The encoder that sees ``modality`` alone; clear errors for other kinds and stacked early fusion."""
     kind = input_kind(module, modality, batch)
-    if kind != "image":
+    if explanation_of(kind) != "grad_cam":
         raise ValueError(
             f"Grad-CAM explains image modalities; {modality!r} is a {kind} modality "
             "(use tabular_attributions for tabular inputs)"

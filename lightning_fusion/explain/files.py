@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from lightning_fusion.data.dataset import collate_arrays
+from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.explain.attributions import tabular_attributions
 from lightning_fusion.explain.cam import grad_cam, save_png, view_overlays
 from lightning_fusion.explain.contributions import modality_contributions
@@ -73,44 +74,34 @@ def explain_patients(
     attribution_rows: list[dict[str, Any]] = []
     signal_rows: list[dict[str, Any]] = []
     for modality in module.modalities:
-        kind = kinds[modality]
+        kind = KINDS.get(kinds[modality])  # its explanation method decides what is written
         try:
-            if kind == "image":
+            if kind.explanation == "grad_cam":
                 cams = grad_cam(module, batch, modality, target=predicted)
                 for pid, image, cam in zip(patient_ids, images[modality], cams):
                     for k, overlay in enumerate(view_overlays(image, cam)):
                         path = save_png(overlay, folder / _safe(pid) / f"{modality}_view{k}.png")
                         summary["written"].append(str(path.relative_to(folder)))
-                summary.setdefault("methods", {})[modality] = "Grad-CAM at the backbone's last feature map"
-            elif kind == "vector":
+            elif kind.explanation == "integrated_gradients":
                 values = tabular_attributions(module, batch, modality, target=predicted)
-                names = list(feature_names.get(modality, [f"feature_{i}" for i in range(values.shape[1])]))
-                inputs = images[modality].numpy()
-                attribution_rows += [
-                    {"patient_id": pid, "modality": modality, "feature": name, "value": x, "attribution": a}
-                    for pid, xs, attrs in zip(patient_ids, inputs, values)
-                    for name, x, a in zip(names, xs, attrs)
-                ]
-                summary.setdefault("methods", {})[modality] = (
-                    "Integrated Gradients of the predicted class's logit from a zero baseline "
-                    "(the training mean after z-scoring); values are the preprocessed inputs"
-                )
-            elif kind == "signal":
-                values = tabular_attributions(module, batch, modality, target=predicted)  # (B, leads, T)
-                leads = list(feature_names.get(modality, [f"lead_{i}" for i in range(values.shape[1])]))
-                signal_rows += [
-                    {"patient_id": pid, "modality": modality, "lead": lead, "attribution": a.sum(), "abs": abs(a).sum()}
-                    for pid, per_lead in zip(patient_ids, values)
-                    for lead, a in zip(leads, per_lead)
-                ]
-                for pid, per_lead, cls in zip(patient_ids, values, predicted):
-                    path = folder / _safe(pid) / f"{modality}_attributions.png"
-                    _signal_figure(per_lead, leads, path, f"{pid}: {modality}, Integrated Gradients for {classes[cls]}")
-                    summary["written"].append(str(path.relative_to(folder)))
-                summary.setdefault("methods", {})[modality] = (
-                    "Integrated Gradients of the predicted class's logit from a zero signal (the training mean "
-                    "of each lead after normalisation); per lead summed over time in signal_attributions.csv"
-                )
+                if values.ndim == 2:  # (B, F): one row per feature, beside the preprocessed input
+                    names = list(feature_names.get(modality, [f"feature_{i}" for i in range(values.shape[1])]))
+                    attribution_rows += [
+                        {"patient_id": pid, "modality": modality, "feature": name, "value": x, "attribution": a}
+                        for pid, xs, attrs in zip(patient_ids, images[modality].numpy(), values)
+                        for name, x, a in zip(names, xs, attrs)
+                    ]
+                else:  # (B, leads, T): summed per lead, and a leads x time figure per patient
+                    leads = list(feature_names.get(modality, [f"lead_{i}" for i in range(values.shape[1])]))
+                    signal_rows += _lead_rows(modality, patient_ids, values, leads)
+                    for pid, per_lead, cls in zip(patient_ids, values, predicted):
+                        path = folder / _safe(pid) / f"{modality}_attributions.png"
+                        title = f"{pid}: {modality}, Integrated Gradients for {classes[cls]}"
+                        _signal_figure(per_lead, leads, path, title)
+                        summary["written"].append(str(path.relative_to(folder)))
+            else:
+                raise ValueError(f"no explanation files for the method {kind.explanation!r} of {kind.name} modalities")
+            summary.setdefault("methods", {})[modality] = kind.explanation_summary
         except ValueError as err:  # not defined for this model: say so
             summary["skipped"][modality] = str(err)
             log.warning("explanations: %s skipped: %s", modality, err)
@@ -137,6 +128,17 @@ def explain_patients(
         summary["skipped"]["modality_contributions"] = "a one-modality model has no modality to drop"
     (folder / "explanations.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _lead_rows(
+    modality: str, patient_ids: Sequence[str], values: np.ndarray, leads: Sequence[str]
+) -> list[dict[str, Any]]:
+    """``(B, leads, T)`` attributions → one row per patient and lead: summed over time, and of absolute values."""
+    return [
+        {"patient_id": pid, "modality": modality, "lead": lead, "attribution": a.sum(), "abs": abs(a).sum()}
+        for pid, per_lead in zip(patient_ids, values)
+        for lead, a in zip(leads, per_lead)
+    ]
 
 
 def _signal_figure(attributions: np.ndarray, leads: Sequence[str], path: Path, title: str) -> None:

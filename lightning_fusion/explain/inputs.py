@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_fusion.data.kinds import KINDS
+
 Target = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
 
@@ -61,8 +63,8 @@ class ModalityFunction(nn.Module):
         for (_, name), value in zip(self.keys, fixed, strict=True):
             if value.shape[0] != inputs.shape[0]:
                 raise ValueError(f"{name!r}: {value.shape[0]} fixed rows for {inputs.shape[0]} {self.modality!r} rows")
-        given = {name: value for (kind, name), value in zip(self.keys, fixed, strict=True) if kind == "input"}
-        present = {name: value for (kind, name), value in zip(self.keys, fixed, strict=True) if kind == "present"}
+        given = {name: value for (role, name), value in zip(self.keys, fixed, strict=True) if role == "input"}
+        present = {name: value for (role, name), value in zip(self.keys, fixed, strict=True) if role == "present"}
         if not self.encoded:
             return self.module(given | {self.modality: inputs} | ({"present": present} if present else {}))
         model = self.module.model
@@ -99,12 +101,19 @@ def model_inputs(module: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def input_kind(module: nn.Module, modality: str, batch: Mapping[str, Any]) -> str:
+    """The kind of ``modality``: from the module's specs, else the first kind whose ``batch_ndim`` fits the batch."""
     if modality not in module.modalities:
         raise ValueError(f"{modality!r} is not a modality of the model; it has {list(module.modalities)}")
     specs = getattr(module, "hparams", {}).get("specs") or {}
     if modality in specs:
         return str(specs[modality]["kind"])
-    return {4: "image", 3: "signal", 2: "vector"}.get(torch.as_tensor(batch[modality]).ndim, "unknown")
+    ndim = torch.as_tensor(batch[modality]).ndim
+    return next((name for name in KINDS if KINDS.get(name).batch_ndim == ndim), "unknown")
+
+
+def explanation_of(kind: str) -> str | None:
+    """The attribution method of a kind (``grad_cam``, ``integrated_gradients``), ``None`` for an unknown kind."""
+    return KINDS.get(kind).explanation if kind in KINDS else None
 
 
 def target_indices(target: Target, scores: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,7 @@ import numpy as np
 from lightning_fusion.config import (
     ExperimentConfig,
 )
-
-_KIND_OF_UNIMODAL = {"image": "cnn", "vector": "ann", "signal": "signal"}
+from lightning_fusion.data.kinds import KINDS
 
 
 @dataclass
@@ -49,8 +48,10 @@ class FitResult:
 
 
 def model_kind(kinds: list[str]) -> str:
-    """``cnn`` / ``ann`` / ``signal`` for one modality of that kind, ``fusion`` for several."""
-    return _KIND_OF_UNIMODAL.get(kinds[0], kinds[0]) if len(kinds) == 1 else "fusion"
+    """``cnn`` / ``ann`` / ``signal`` for one modality of that kind (its ``unimodal_model``), ``fusion`` for several."""
+    if len(kinds) > 1:
+        return "fusion"
+    return KINDS.get(kinds[0]).unimodal_model if kinds[0] in KINDS else kinds[0]
 
 
 def run_tags(config: ExperimentConfig, dataset: str, kinds: list[str]) -> dict[str, str]:

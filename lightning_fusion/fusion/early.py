@@ -1,6 +1,7 @@
 """Input-level ("early") fusion: same-kind modalities merged into one input before any encoder.
 
-Level: input. Accepts any set of two or more modalities. Within each kind, the raw inputs become one:
+Level: input. Accepts any set of two or more modalities. Within each kind, the raw inputs become one
+(the kind's ``merged_shape`` and ``merge``, :mod:`lightning_fusion.data.kinds`):
 
 * images: every image modality is resampled (bilinear) to the largest height and width among them
   and the images are stacked as channels (CT + CXR + cough spectrogram, 1 channel each → 3 channels),
@@ -25,23 +26,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.fusion.concat import ConcatFusion
 from lightning_fusion.fusion.registry import FUSIONS
 
-KIND_ORDER = ("image", "signal", "vector")
-
 
 def plan_groups(modalities: Sequence[str], kinds: Mapping[str, str]) -> dict[str, list[str]]:
-    """Group name → its modalities (same kind, in ``modalities`` order); one group per kind present."""
+    """Group name → its modalities (same kind, in ``modalities`` order); one group per kind present, kinds by name."""
     groups: dict[str, list[str]] = {}
-    for kind in KIND_ORDER:
+    for kind in KINDS:
         members = [m for m in modalities if kinds[m] == kind]
         if members:
             groups["+".join(members)] = members
-    unknown = sorted({kinds[m] for m in modalities} - set(KIND_ORDER))
+    unknown = sorted({kinds[m] for m in modalities} - set(KINDS))
     if unknown:
         raise ValueError(f"early fusion cannot merge modalities of kind(s) {unknown}")
     return groups
@@ -49,11 +48,7 @@ def plan_groups(modalities: Sequence[str], kinds: Mapping[str, str]) -> dict[str
 
 def merged_shape(shapes: Sequence[tuple[int, ...]], kind: str) -> tuple[int, ...]:
     """The per-sample shape of the merged input of one group."""
-    if kind == "image":
-        return (sum(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes))
-    if kind == "signal":
-        return (sum(s[0] for s in shapes), max(s[1] for s in shapes))
-    return (sum(s[0] for s in shapes),)
+    return KINDS.get(kind).merged_shape(shapes)
 
 
 class StackInputs(nn.Module):
@@ -82,14 +77,7 @@ class StackInputs(nn.Module):
     def _merge(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         if len(tensors) == 1:
             return tensors[0]
-        kind, shape = self.kinds[name], self.shapes[name]
-        if kind == "image":
-            size = shape[1:]
-            tensors = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear") for t in tensors]
-        elif kind == "signal":
-            length = shape[1]
-            tensors = [t if t.shape[-1] == length else F.interpolate(t, size=length, mode="linear") for t in tensors]
-        return torch.cat(tensors, dim=1)
+        return KINDS.get(self.kinds[name]).merge(tensors, self.shapes[name])
 
 
 @FUSIONS.register("early", level="input", min_modalities=2, supports_missing=False, config=None)

@@ -29,7 +29,8 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-_DTYPES = {"image": np.uint8, "vector": np.float64, "signal": np.float32}
+from lightning_fusion.data.kinds import KINDS
+
 _REQUIREMENTS = ("torch", "torchvision", "lightning", "timm", "mlflow", "scikit-learn", "skops", "pandas", "numpy")
 
 
@@ -53,16 +54,14 @@ class FusionPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def signature(model: Any) -> ModelSignature:
-    """One tensor input per modality (shape as sent: images ``(N, H, W, C)``), one column per output."""
+    """One tensor input per modality (shape and dtype as sent, the kind's ``served_shape`` and ``served_dtype``:
+    images ``(N, H, W, C)`` ``uint8``, tables their raw columns before selection), one column per output."""
     inputs = []
     for modality in model.modalities:
         spec = model.specs[modality]
-        shape = list(spec["shape"])
-        if spec["kind"] == "image":
-            shape = [*shape[1:], shape[0]]
-        elif spec["kind"] == "vector":
-            shape = [len(model.preprocessors[modality].input_columns)]  # raw columns, before selection
-        inputs.append(TensorSpec(np.dtype(_DTYPES[spec["kind"]]), (-1, *shape), modality))
+        kind = KINDS.get(spec["kind"])
+        shape = kind.served_shape(spec["shape"], model.preprocessors.get(modality))
+        inputs.append(TensorSpec(np.dtype(kind.served_dtype), (-1, *shape), modality))
     outputs = [ColSpec("string", "predicted"), ColSpec("double", "confidence")]
     outputs += [ColSpec("double", f"prob_{c}") for c in model.classes]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))

@@ -26,6 +26,7 @@ from lightning_fusion.config import ExperimentConfig, component_options
 from lightning_fusion.data.cohort import Cohort, join_modalities
 from lightning_fusion.data.datamodule import modality_arrays, restore_preprocessors, with_placeholders
 from lightning_fusion.data.dataset import collate_arrays
+from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.data.readers import READERS
 from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
@@ -157,12 +158,11 @@ class TrainedModel:
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """One sample of ``modality`` as :func:`modality_arrays` gives it (images ``(H, W, C)``)."""
         spec = self.specs[modality]
-        shape = tuple(spec["shape"])
-        return (*shape[1:], shape[0]) if spec["kind"] == "image" else shape
+        return KINDS.get(spec["kind"]).array_shape(spec["shape"])
 
     def input_dtype(self, modality: str) -> type:
         """The dtype of ``modality`` as :func:`modality_arrays` gives it."""
-        return np.uint8 if self.specs[modality]["kind"] == "image" else np.float32
+        return KINDS.get(self.specs[modality]["kind"]).input_dtype
 
     def predict_arrays(
         self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None = None, batch_size: int = 64
@@ -212,34 +212,8 @@ class TrainedModel:
             raise DataError(f"the model needs modalities {self.modalities}; missing {missing}")
         arrays: dict[str, np.ndarray] = {}
         for modality in self.modalities:
-            kind, value = self.specs[modality]["kind"], raw[modality]
-            if kind == "image":
-                array = np.asarray(value)
-                if array.dtype != np.uint8:  # JSON gives integers as int64: fine if they are 0-255 whole numbers
-                    whole = np.issubdtype(array.dtype, np.number) and bool(np.all(np.mod(array, 1) == 0))
-                    if not whole or array.min() < 0 or array.max() > 255:
-                        raise DataError(
-                            f"modality {modality!r}: images must be whole numbers 0-255 (uint8), as read from the "
-                            f"image files; got {array.dtype} values in [{array.min():.3g}, {array.max():.3g}]"
-                        )
-                    array = array.astype(np.uint8)
-                arrays[modality] = array
-            elif kind == "vector":
-                preprocessor = self.preprocessors[modality]
-                columns = preprocessor.input_columns
-                if isinstance(value, pd.DataFrame):
-                    frame = value
-                else:
-                    array = np.asarray(value, dtype=np.float64)
-                    if array.ndim != 2 or array.shape[1] != len(columns):
-                        raise DataError(
-                            f"modality {modality!r}: expected (N, {len(columns)}) values in the column order "
-                            f"{columns}, got shape {array.shape}"
-                        )
-                    frame = pd.DataFrame(array, columns=columns)
-                arrays[modality] = preprocessor.transform(frame, source=modality)
-            else:
-                arrays[modality] = self.preprocessors[modality].transform(np.asarray(value, dtype=np.float32))
+            kind = KINDS.get(self.specs[modality]["kind"])
+            arrays[modality] = kind.from_served(raw[modality], self.preprocessors.get(modality), modality)
         self.check_arrays(arrays)
         return arrays
 
@@ -335,7 +309,7 @@ def load_trained(path: str | Path) -> TrainedModel:
     module.preprocessing = ours.get("preprocessing", {})
     module.eval()
     preprocessors = restore_preprocessors(module.experiment_config.data, module.preprocessing, str(path))
-    needs = [m for m, s in hparams["specs"].items() if s["kind"] in ("vector", "signal") and m not in preprocessors]
+    needs = [m for m, s in hparams["specs"].items() if KINDS.get(s["kind"]).fitted and m not in preprocessors]
     if needs:
         raise ModelLoadError(f"{path}: no fitted preprocessing for modalities {needs}")
     return TrainedModel(module, preprocessors, path, dict(ours.get("splits", {})))
