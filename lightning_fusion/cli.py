@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -97,10 +100,75 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def log_to_stderr() -> None:
-    """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger."""
+    """Our own INFO messages (counts, exclusions) on stderr; Lightning configures its own logger.
+
+    Also quiets other libraries' output that a reader of a run does not need (:func:`quiet_other_libraries`).
+    """
     logger = logging.getLogger("lightning_fusion")
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    quiet_other_libraries()
+
+
+# Other libraries' lines that a command's reader does not need: each is one message of one named logger
+# or one warning of one module, never a whole library (their other warnings and Lightning's run status,
+# e.g. "GPU available", and progress bar stay).
+_FOREIGN_LOG_MESSAGES = {
+    "lightning.pytorch.utilities.rank_zero": (
+        r"💡 Tip: .*litlogger",  # an advert for Lightning's cloud logger, on every Trainer (we track with MLflow)
+        # testing / predicting with the best checkpoint: these name its staging copy, deleted when the run ends
+        r"Restoring states from the checkpoint path at ",
+        r"Loaded model weights from the checkpoint at ",
+    ),
+    # our runs log into an experiment that the first run creates: a normal event, not a warning
+    "lightning.pytorch.loggers.mlflow": (r"Experiment with name .* not found\. Creating it\.$",),
+    # the pyfunc model's input example is checked against its signature (a failure still raises)
+    "mlflow.pyfunc": (r"Validating input example against model signature$",),
+    # a sweep's new Optuna study (journal, database or in memory): our own INFO line says where and how far
+    **{
+        f"optuna.storages.{storage}": (r"A new study created in ",)
+        for storage in ("journal._storage", "_rdb.storage", "_in_memory")
+    },
+}
+_FOREIGN_LOGGER_LEVELS = {
+    # a new SQLite store: "Creating initial MLflow database tables...", "Updating database tables"
+    "mlflow.store.db.utils": logging.WARNING,
+}
+_FOREIGN_WARNINGS = (
+    # torch deprecates LeafSpec, which Lightning's own _pytree helper still builds (not our code)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # a class absent from a (small) validation or test split: its one-vs-rest AUROC is undefined; the
+    # data module's INFO line already shows the per-split class counts
+    (r"No (positive|negative) samples in targets", UserWarning, r"torchmetrics\.utilities\.prints"),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message matches one of ``patterns``."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        super().__init__()
+        self.pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def quiet_other_libraries() -> None:
+    """Silence, precisely, the other libraries' lines listed above (idempotent).
+
+    MLflow's artifact progress bars (its local copy of the checkpoint into the pyfunc model, a model
+    download in ``predict``) are off unless ``$MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` says otherwise.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name, patterns in _FOREIGN_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(patterns))
+    for name, level in _FOREIGN_LOGGER_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    for message, category, module in _FOREIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)

@@ -12,6 +12,8 @@ and post ``{"inputs": {"image": [...], "tabular": [[...]]}}`` to ``/invocations`
 raw values ``(N, F)`` in the training table's column order (``NaN`` where missing: the fitted
 imputation fills it), signals as raw ``(N, leads, samples)``. The fitted preprocessing is applied by
 the model. The answer has one row per patient: ``predicted``, ``confidence`` and ``prob_<class>``.
+The logged model keeps one test patient's raw inputs as its input example (``input_example.json``,
+``serving_input_example.json``: a request body to start from).
 ``--env-manager local`` serves from the environment lightning_fusion is installed in (it is not on
 PyPI, so MLflow cannot build another one).
 """
@@ -37,12 +39,19 @@ _REQUIREMENTS = ("torch", "torchvision", "lightning", "timm", "mlflow", "scikit-
 class FusionPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint with :func:`~lightning_fusion.predict.trained_model.load_trained` (``weights_only``)."""
 
+    # MLflow warns, when this class is defined, that ``predict`` has no type hints. Its type hints
+    # describe list[...] or pydantic inputs; ours is a dict of per-modality arrays, which it does not
+    # support as a hint (``dict[str, np.ndarray]`` warns "not supported"), and the tensor signature
+    # checks the input instead. This is MLflow's opt-out for such models (its own ChatModel uses it):
+    # without hints it would only wrap ``predict`` unchanged, so nothing else changes.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from lightning_fusion.predict.trained_model import load_trained
 
         self.model = load_trained(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
+    def predict(self, context, model_input, params=None):  # no type hints: see _skip_type_hint_validation
         if not isinstance(model_input, dict):
             raise ValueError(
                 f"expected one named input per modality ({', '.join(self.model.modalities)}), e.g. "
@@ -67,8 +76,37 @@ def signature(model: Any) -> ModelSignature:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
-    """Write the pyfunc model of ``checkpoint`` into the new folder ``path``."""
+def input_example(model: Any, cohort: Any) -> dict[str, np.ndarray] | None:
+    """One patient's raw inputs as a client sends them (shapes and dtypes of :func:`signature`).
+
+    The patient is the first of the training run's test patients whom ``cohort`` (the model's dataset)
+    has every modality of, else the first such patient of ``cohort``; ``None`` if there is none. A
+    missing table value stays ``NaN`` (``null`` in MLflow's JSON files, as a client sends it).
+    """
+    candidates = [*model.splits.get("test", []), *sorted(cohort.labels.index)]
+    complete = (p for p in candidates if all(p in cohort.modalities[m].patient_ids for m in model.modalities))
+    patient = next(complete, None)
+    if patient is None:
+        return None
+    example = {}
+    for modality in model.modalities:
+        source, kind = cohort.modalities[modality], model.specs[modality]["kind"]
+        if kind == "image":  # (1, H, W, C) at the model's image size, as read from the files
+            values = source.load_many([patient], model.config.data.image_size)
+        elif kind == "vector":  # raw values in the training table's column order
+            values = source.rows([patient])[model.preprocessors[modality].input_columns].to_numpy()
+        else:
+            values = source.load_many([patient])
+        example[modality] = np.asarray(values, dtype=_DTYPES[kind])
+    return example
+
+
+def save_pyfunc(checkpoint: str | Path, path: Path, cohort: Any = None) -> Path:
+    """Write the pyfunc model of ``checkpoint`` into the new folder ``path``.
+
+    With ``cohort`` (the model's dataset), one patient's raw inputs are saved as the input example
+    (:func:`input_example`). MLflow stores it and checks it against the signature; it runs no prediction.
+    """
     from lightning_fusion.predict.trained_model import load_trained
 
     model = load_trained(checkpoint)
@@ -86,6 +124,7 @@ def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # model from code: nothing pickled
         artifacts={"checkpoint": str(checkpoint)},
         signature=signature(model),
+        input_example=input_example(model, cohort) if cohort is not None else None,
         pip_requirements=[f"{name}=={version(name)}" for name in _REQUIREMENTS],
         metadata=metadata,
     )
@@ -105,11 +144,12 @@ def inference_checkpoint(checkpoint: str | Path, path: Path) -> Path:
     return path
 
 
-def log_pyfunc(logger: Any, checkpoint: str | Path) -> None:
-    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact."""
+def log_pyfunc(logger: Any, checkpoint: str | Path, cohort: Any = None) -> None:
+    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact,
+    with an input example from ``cohort`` (the model's dataset) if given."""
     with tempfile.TemporaryDirectory() as folder:
         slim = inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
-        logger.log_folder(save_pyfunc(slim, Path(folder) / "model"), "model")
+        logger.log_folder(save_pyfunc(slim, Path(folder) / "model", cohort), "model")
 
 
-__all__ = ["FusionPyfunc", "log_pyfunc", "save_pyfunc", "signature"]
+__all__ = ["FusionPyfunc", "input_example", "log_pyfunc", "save_pyfunc", "signature"]
