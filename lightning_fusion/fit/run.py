@@ -122,7 +122,7 @@ def fit(
         if trainer.is_global_zero and best and run_test and config.tracking.log_model:
             from lightning_fusion.predict.serving import log_pyfunc
 
-            log_pyfunc(logger, best, datamodule.cohort)  # a test patient's inputs as its input example
+            log_pyfunc(logger, best)
             model_logged = True
         logger.close("success")
     except BaseException:

@@ -12,8 +12,8 @@ and post ``{"inputs": {"image": [...], "tabular": [[...]]}}`` to ``/invocations`
 raw values ``(N, F)`` in the training table's column order (``NaN`` where missing: the fitted
 imputation fills it), signals as raw ``(N, leads, samples)``. The fitted preprocessing is applied by
 the model. The answer has one row per patient: ``predicted``, ``confidence`` and ``prob_<class>``.
-The logged model keeps one test patient's raw inputs as its input example (``input_example.json``,
-``serving_input_example.json``: a request body to start from).
+The logged model's input example (``input_example.json``, ``serving_input_example.json``: a request
+body to start from) is a zero placeholder patient of the right shapes and dtypes, never a real one.
 ``--env-manager local`` serves from the environment lightning_fusion is installed in (it is not on
 PyPI, so MLflow cannot build another one).
 """
@@ -76,36 +76,27 @@ def signature(model: Any) -> ModelSignature:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def input_example(model: Any, cohort: Any) -> dict[str, np.ndarray] | None:
-    """One patient's raw inputs as a client sends them (shapes and dtypes of :func:`signature`).
+def input_example(model: Any) -> dict[str, np.ndarray]:
+    """One placeholder patient as a client sends it (shapes and dtypes of :func:`signature`), all zeros.
 
-    The patient is the first of the training run's test patients whom ``cohort`` (the model's dataset)
-    has every modality of, else the first such patient of ``cohort``; ``None`` if there is none. A
-    missing table value stays ``NaN`` (``null`` in MLflow's JSON files, as a client sends it).
+    Deliberately no real patient: the example is stored inside the model, and a registered or served
+    model may leave the place where its training data may be kept. A real request is built like this
+    one, with the patient's raw values (see the module docstring).
     """
-    candidates = [*model.splits.get("test", []), *sorted(cohort.labels.index)]
-    complete = (p for p in candidates if all(p in cohort.modalities[m].patient_ids for m in model.modalities))
-    patient = next(complete, None)
-    if patient is None:
-        return None
     example = {}
     for modality in model.modalities:
-        source, kind = cohort.modalities[modality], model.specs[modality]["kind"]
-        if kind == "image":  # (1, H, W, C) at the model's image size, as read from the files
-            values = source.load_many([patient], model.config.data.image_size)
-        elif kind == "vector":  # raw values in the training table's column order
-            values = source.rows([patient])[model.preprocessors[modality].input_columns].to_numpy()
-        else:
-            values = source.load_many([patient])
-        example[modality] = np.asarray(values, dtype=_DTYPES[kind])
+        spec = model.specs[modality]
+        kind = KINDS.get(spec["kind"])
+        shape = kind.served_shape(spec["shape"], model.preprocessors.get(modality))
+        example[modality] = np.zeros((1, *shape), dtype=kind.served_dtype)
     return example
 
 
-def save_pyfunc(checkpoint: str | Path, path: Path, cohort: Any = None) -> Path:
+def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
     """Write the pyfunc model of ``checkpoint`` into the new folder ``path``.
 
-    With ``cohort`` (the model's dataset), one patient's raw inputs are saved as the input example
-    (:func:`input_example`). MLflow stores it and checks it against the signature; it runs no prediction.
+    Its input example is a zero placeholder patient (:func:`input_example`); MLflow stores it and checks
+    it against the signature, and runs no prediction.
     """
     from lightning_fusion.predict.trained_model import load_trained
 
@@ -124,7 +115,7 @@ def save_pyfunc(checkpoint: str | Path, path: Path, cohort: Any = None) -> Path:
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # model from code: nothing pickled
         artifacts={"checkpoint": str(checkpoint)},
         signature=signature(model),
-        input_example=input_example(model, cohort) if cohort is not None else None,
+        input_example=input_example(model),
         pip_requirements=[f"{name}=={version(name)}" for name in _REQUIREMENTS],
         metadata=metadata,
     )
@@ -144,12 +135,11 @@ def inference_checkpoint(checkpoint: str | Path, path: Path) -> Path:
     return path
 
 
-def log_pyfunc(logger: Any, checkpoint: str | Path, cohort: Any = None) -> None:
-    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact,
-    with an input example from ``cohort`` (the model's dataset) if given."""
+def log_pyfunc(logger: Any, checkpoint: str | Path) -> None:
+    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact."""
     with tempfile.TemporaryDirectory() as folder:
         slim = inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
-        logger.log_folder(save_pyfunc(slim, Path(folder) / "model", cohort), "model")
+        logger.log_folder(save_pyfunc(slim, Path(folder) / "model"), "model")
 
 
 __all__ = ["FusionPyfunc", "input_example", "log_pyfunc", "save_pyfunc", "signature"]

@@ -317,3 +317,23 @@ def test_a_model_trained_on_the_real_ptbxl_subset_predicts_explains_and_serves(s
         {"signal": raw["signal"], "tabular": raw["tabular"].to_numpy(np.float64)}
     )
     np.testing.assert_allclose(answer[probs].to_numpy(), tested.loc[ids, probs].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_logged_input_example_is_a_zero_placeholder_that_the_model_accepts(trained, tmp_path):
+    """No patient's data inside a model that may be registered and served elsewhere; still a valid request."""
+    import mlflow
+    from mlflow.models import Model
+
+    local = MlflowClient(trained["uri"]).download_artifacts(trained["result"].run_id, "model", str(tmp_path))
+    example = Model.load(local).load_input_example(local)
+    model = load_model(f"runs:/{trained['result'].run_id}", trained["uri"])
+    size = trained["config"].data.image_size
+    assert set(example) == {"image", "tabular"} and example["image"].shape == (1, size, size, 9)
+    assert example["image"].dtype == np.uint8 and example["tabular"].shape == (
+        1,
+        len(model.preprocessors["tabular"].input_columns),
+    )
+    assert all(not np.any(values) for values in example.values())
+    answer = mlflow.pyfunc.load_model(local).predict(example)
+    assert len(answer) == 1 and answer["predicted"].iloc[0] in model.classes
