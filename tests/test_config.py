@@ -1,5 +1,6 @@
 import copy
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,98 @@ def test_a_single_modality_cannot_miss_one():
     # nothing can be missing (or dropped) with one modality: keep_missing_modalities is harmless there
     load_config(None, {"model.modalities": ["image"], "data.keep_missing_modalities": True})
 
+
+# --------------------------------------------------------------------------------------------------
+# The generated --help
+# --------------------------------------------------------------------------------------------------
+def _schema_paths(cls=ExperimentConfig, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not Component:
+            yield from _schema_paths(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def _help(main, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_fit_help_lists_every_config_key_with_type_default_and_doc(capsys):
+    from lightning_fusion.fit.__main__ import main
+
+    out = _help(main, ["--help"], capsys)
+    assert "--config CONFIG" in out  # argparse's own help comes first
+    lines = out.splitlines()
+    batch = next(line for line in lines if "--data.batch_size " in line)
+    assert batch.split() == ["--data.batch_size", "INT", "(default", "32)", "samples", "per", "batch"]
+    paths = list(_schema_paths())
+    assert len(paths) >= 60  # every section, not only the first
+    for path in paths:
+        shown = path + ".<modality>" if path == "model.encoders" else path
+        assert any(line.lstrip().startswith(f"--{shown} ") for line in lines), path
+    assert any(line.startswith("  --model.fusion FUSION") and "(default concat)" in line for line in lines)
+    assert "--help-components fusion" in out
+    assert "(default [0.8, 1.2])" in out and "(default null)" in out and "(default true)" in out
+
+
+def test_every_schema_field_has_a_doc():
+    import dataclasses
+    import typing
+
+    from lightning_fusion.config.help import field_docs
+
+    def sections(cls):
+        yield cls
+        for hint in typing.get_type_hints(cls).values():
+            if dataclasses.is_dataclass(hint) and hint is not Component:
+                yield from sections(hint)
+
+    for cls in sections(ExperimentConfig):
+        docs = field_docs(cls)
+        assert all(docs.get(f.name) for f in dataclasses.fields(cls)), (cls.__name__, docs)
+
+
+def test_component_help_lists_every_registered_name_and_its_options(capsys):
+    from lightning_fusion.fit.__main__ import main
+
+    for kind in ("reader", "encoder", "fusion"):
+        out = _help(main, ["--help-components", kind], capsys)
+        for name in registry(kind):
+            assert f"\n{name}" in out, (kind, name)
+    assert re.search(r"\n  --model\.fusion\.heads INT +\(default 4\)", out)
+    assert "supports_missing true" in out and "concat  (level intermediate" in out
+
+
+def test_compare_and_sweep_help_list_the_keys(capsys):
+    from lightning_fusion.compare.__main__ import main as compare
+    from lightning_fusion.sweep.__main__ import main as sweep
+
+    assert "--model.modality_dropout FLOAT" in _help(compare, ["--help"], capsys)
+    out = _help(sweep, ["--help"], capsys)  # a study file's overrides and space: keys without dashes
+    assert "  optim.lr FLOAT" in out and "--optim.lr" not in out
+
+
+def test_help_and_config_import_neither_torch_nor_the_registries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy\n"
+        "import lightning_fusion.config\n"
+        "sys.argv = ['fit', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('lightning_fusion.fit', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in sys.modules if m in ('torch', 'timm') or m.startswith('lightning_fusion.encoders')]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--data.batch_size INT" in out and "HEAVY []" in out

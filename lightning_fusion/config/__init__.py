@@ -8,7 +8,8 @@ An experiment is a tree of dataclasses (:class:`ExperimentConfig` at the root), 
 * :mod:`~lightning_fusion.config.components`: a reader, encoder or fusion chosen by name, resolved
   once into a :class:`Component` (name, typed options, registry metadata);
 * :mod:`~lightning_fusion.config.rules`: the cross-field rules, checked at resolve;
-* :mod:`~lightning_fusion.config.building`: loading, overriding, resolving, and back to plain data.
+* :mod:`~lightning_fusion.config.building`: loading, overriding, resolving, and back to plain data;
+* :mod:`~lightning_fusion.config.help`: the config part of the commands' ``--help``.
 
 A resolved config is complete and reproducible on its own: :func:`to_dict` is what the
 LightningModule stores as hyperparameters, and ``resolve(to_dict(config)) == config``.
