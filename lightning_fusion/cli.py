@@ -1,8 +1,11 @@
-"""What the command-line entry points share: dotted overrides, the run options, and how input errors end a run.
+"""What the command-line entry points share: dotted overrides, the run options, the generated config
+help, and how input errors end a run.
 
 ``fit``, ``compare``, ``sweep`` and ``predict`` print a bad config, bad data, missing weights or an
 unusable model as one line (``config error: ...``, ``data error: ...``, ``weights error: ...``,
-``model error: ...``) and exit with status 2; nothing else is caught.
+``model error: ...``) and exit with status 2; nothing else is caught. ``fit``, ``compare`` and
+``sweep`` list every config key in ``--help`` (generated from the schema, see
+:mod:`lightning_fusion.config.help`) and the registered components in ``--help-components KIND``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,56 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lightning_fusion.config import parse_override_value
+from lightning_fusion.config.components import KINDS
 from lightning_fusion.errors import ConfigError, DataError, UnknownNameError
 
 T = TypeVar("T")
+
+
+class _ConfigHelp(argparse.Action):
+    """``-h/--help`` (argparse's help, then every config key) or ``--help-components KIND``.
+
+    The text is generated only when asked for.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, dash: str = "--", how: str = "", **kwargs: Any):
+        self.dash, self.how = dash, how
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from lightning_fusion.config.help import components_help, config_help
+
+        if values:  # --help-components KIND
+            print(components_help(values, self.dash))
+        else:
+            print(parser.format_help())
+            print(config_help(self.dash, self.how))
+        parser.exit()
+
+
+def add_config_help(parser: argparse.ArgumentParser, keys_as_overrides: bool = True) -> None:
+    """``-h/--help`` that also lists every config key, and ``--help-components KIND``.
+
+    The parser must be made with ``add_help=False``. ``keys_as_overrides``: the command takes
+    ``--section.key value`` overrides (``fit``, ``compare``); otherwise the keys are listed as written
+    in a file (``sweep``: a study's ``overrides`` and ``space``).
+    """
+    dash, how = (
+        ("--", "set them in the experiment file, or override one as --section.key VALUE")
+        if keys_as_overrides
+        else ("", "dotted keys of the base experiment, for the study file's overrides and space")
+    )
+    parser.add_argument(
+        "-h", "--help", action=_ConfigHelp, nargs=0, dash=dash, how=how, help="show this help and every config key"
+    )
+    parser.add_argument(
+        "--help-components",
+        action=_ConfigHelp,
+        dash=dash,
+        choices=KINDS,
+        metavar="KIND",
+        help=f"list the registered components of KIND ({', '.join(KINDS)}) with their options",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, cv_help: str) -> None:

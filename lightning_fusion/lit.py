@@ -1,8 +1,8 @@
 """The LightningModule shared by every model: CNN, ANN and fusion differ only in their config.
 
-It stores plain data as hyperparameters (the resolved experiment config, the modality specs, the
-class names and training-set class weights), so ``FusionLitModule.load_from_checkpoint(path)``
-rebuilds the same network without the YAML file.
+It stores plain data as hyperparameters (the resolved experiment config as ``to_dict`` gives it,
+the modality specs, the class names and training-set class weights), so
+``FusionLitModule.load_from_checkpoint(path)`` rebuilds the same network without the YAML file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lightning_fusion.config import resolve
+from lightning_fusion.config import ExperimentConfig, resolve, to_dict
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
 from lightning_fusion.models import ModalitySpec, build_model
 
@@ -28,7 +28,8 @@ class FusionLitModule(L.LightningModule):
     """Class-weighted cross-entropy training of a :class:`~lightning_fusion.models.MultimodalClassifier`.
 
     Args:
-        config: the resolved experiment config as plain data (``config.to_dict``).
+        config: the resolved experiment config, or the same as plain data (``config.to_dict``; what a
+            checkpoint holds), which is resolved again.
         specs: modality → ``{"kind": ..., "shape": [...]}`` of one sample.
         classes: class names in label-index order.
         class_weights: per-class loss weights computed from the training split (or ``None``).
@@ -36,14 +37,16 @@ class FusionLitModule(L.LightningModule):
 
     def __init__(
         self,
-        config: Mapping[str, Any],
+        config: ExperimentConfig | Mapping[str, Any],
         specs: Mapping[str, Mapping[str, Any]],
         classes: Sequence[str],
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.experiment_config = resolve(config)
+        self.experiment_config = config if isinstance(config, ExperimentConfig) else resolve(config)
+        # plain data only: a checkpoint is read with weights_only=True
+        plain = {"config": to_dict(self.experiment_config), "specs": specs, "classes": classes}
+        self.save_hyperparameters(plain | {"class_weights": class_weights}, logger=False)
         self.classes = list(classes)
         self.modalities = list(self.experiment_config.model.modalities)
         modality_specs = {m: ModalitySpec(s["kind"], tuple(s["shape"])) for m, s in specs.items()}

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_fusion.config import HeadConfig, ModelConfig, component_options
+from lightning_fusion.config import HeadConfig, ModelConfig
 from lightning_fusion.encoders import ENCODERS
-from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.fusion.early import StackInputs, plan_groups
 
 
@@ -29,7 +28,7 @@ class MultimodalClassifier(nn.Module):
     ``modality_dropout`` p > 0, in training mode only, each modality of each sample is additionally
     marked absent with probability p, never all of a sample's present modalities: one of them, chosen
     at random, is kept (ModDrop, Neverova et al., 2016: a model trained this way learns to predict
-    from any subset). Only for fusions that support missing modalities (checked by :func:`build_model`).
+    from any subset). Only for fusions that support missing modalities (a config rule, checked at resolve).
     """
 
     def __init__(
@@ -80,13 +79,6 @@ class MultimodalClassifier(nn.Module):
 
 def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_classes: int) -> MultimodalClassifier:
     """Build the classifier for ``model.modalities`` from their specs; errors name the modality."""
-    fusion_name = model.fusion["name"]
-    if model.modality_dropout > 0 and not FUSIONS.metadata(fusion_name).get("supports_missing", False):
-        raise ValueError(
-            f"model.modality_dropout {model.modality_dropout}: fusion {fusion_name!r} cannot handle missing "
-            "modalities, so modalities cannot be dropped in training; use a fusion that supports them "
-            f"({', '.join(FUSIONS.names(supports_missing=True))}) or set model.modality_dropout 0"
-        )
     for modality in model.modalities:
         if modality not in specs:
             raise ValueError(f"the dataset has no modality {modality!r}; it has {sorted(specs)}")
@@ -94,7 +86,7 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
     # Which encoder sees what: one per modality, or (input-level fusion) one per merged group, built
     # with the encoder options of the group's first modality.
     inputs = {m: (m, specs[m]) for m in model.modalities}
-    if FUSIONS.metadata(fusion_name).get("level") == "input":
+    if model.fusion.metadata.get("level") == "input":
         kinds = {m: specs[m].kind for m in model.modalities}
         groups = plan_groups(model.modalities, kinds)
         merge_inputs = StackInputs(groups, kinds, {m: specs[m].shape for m in model.modalities})
@@ -104,22 +96,15 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
         }
     encoders = {}
     for name, (modality, spec) in inputs.items():
-        component = model.encoders[modality]
-        accepted = ENCODERS.metadata(component["name"])["input_kind"]
+        encoder = model.encoders[modality]
+        accepted = encoder.metadata["input_kind"]
         if accepted != spec.kind:
             raise ValueError(
-                f"model.encoders.{modality}: encoder {component['name']!r} takes {accepted} inputs, "
+                f"model.encoders.{modality}: encoder {encoder.name!r} takes {accepted} inputs, "
                 f"but {modality!r} is a {spec.kind} modality; choose one of "
                 f"{ENCODERS.names(input_kind=spec.kind)}"
             )
-        options = component_options(component, ENCODERS)
-        encoders[name] = ENCODERS.create(component["name"], spec.shape, options)
+        encoders[name] = encoder.create(spec.shape)
     head = model.head if isinstance(model.head, HeadConfig) else HeadConfig(**model.head)
-    fusion = FUSIONS.create(
-        fusion_name,
-        {m: e.out_features for m, e in encoders.items()},
-        num_classes,
-        head,
-        component_options(model.fusion, FUSIONS),
-    )
+    fusion = model.fusion.create({m: e.out_features for m, e in encoders.items()}, num_classes, head)
     return MultimodalClassifier(encoders, fusion, model.modality_dropout, merge_inputs)

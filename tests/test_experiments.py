@@ -75,7 +75,7 @@ def test_there_is_an_experiment_per_reference_study():
 def test_experiment_loads_with_its_documented_choices(path):
     config = resolve(load_yaml(path))
     assert config.name == path.stem
-    assert config.data.reader["name"] in READERS
+    assert config.data.reader.name in READERS
     assert set(config.model.modalities) <= set(config.model.encoders)
 
 

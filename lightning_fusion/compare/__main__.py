@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from lightning_fusion.cli import (
+    add_config_help,
     add_run_arguments,
     log_to_stderr,
     parse_run_args,
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Trained fusions: concat, early, gated, attention. Procedures on the unimodal models (not "
         "trained again): late_weighted (weights tuned on validation), stacking (meta-learner on held-out "
         "predictions), ensemble_mean. Any config key can be overridden as --section.key value.",
+        add_help=False,
     )
+    add_config_help(parser)
     parser.add_argument("--config", help="experiment YAML with two or more modalities (default: the built-in demo)")
     parser.add_argument(
         "--fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions (default: %(default)s)"

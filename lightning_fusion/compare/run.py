@@ -35,7 +35,15 @@ import pandas as pd
 from lightning_fusion.compare.procedures import PROCEDURES, DecisionInputs, log_loss
 from lightning_fusion.compare.report import comparison_table, log_comparison, paired_tests
 from lightning_fusion.compare.results import ComparedModel, ComparisonResult
-from lightning_fusion.config import EvaluationConfig, ExperimentConfig, flatten, resolve, to_dict, to_yaml
+from lightning_fusion.config import (
+    EvaluationConfig,
+    ExperimentConfig,
+    evolve,
+    flatten,
+    resolve_component,
+    to_dict,
+    to_yaml,
+)
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.errors import ConfigError
 from lightning_fusion.evaluation import bootstrap_intervals
@@ -79,22 +87,24 @@ def is_procedure(name: str) -> bool:
 
 def unimodal_config(config: ExperimentConfig, modality: str) -> ExperimentConfig:
     """The experiment restricted to one modality: its encoder → the head (``concat`` over one input)."""
-    data = to_dict(config)
-    data["model"]["modalities"] = [modality]
-    data["model"]["encoders"] = {modality: data["model"]["encoders"][modality]}
-    data["model"]["fusion"] = {"name": "concat"}
-    data["model"]["modality_dropout"] = 0.0
-    return resolve(data)
+    return evolve(
+        config,
+        {
+            "model.modalities": [modality],
+            "model.encoders": {modality: config.model.encoders[modality]},
+            "model.fusion": "concat",
+            "model.modality_dropout": 0.0,
+        },
+    )
 
 
 def fusion_config(config: ExperimentConfig, fusion: str) -> ExperimentConfig:
     """The experiment with fusion ``fusion`` (the experiment's own options when it already uses it)."""
-    data = to_dict(config)
-    if data["model"]["fusion"]["name"] != fusion:
-        data["model"]["fusion"] = {"name": fusion}
-    if not FUSIONS.metadata(fusion).get("supports_missing", False):
-        data["model"]["modality_dropout"] = 0.0
-    return resolve(data)
+    chosen = config.model.fusion if config.model.fusion.name == fusion else resolve_component("fusion", fusion)
+    changes: dict[str, Any] = {"model.fusion": chosen}
+    if not chosen.metadata.get("supports_missing", False):
+        changes["model.modality_dropout"] = 0.0
+    return evolve(config, changes)
 
 
 def _single_process(config: ExperimentConfig) -> ExperimentConfig:
@@ -107,9 +117,7 @@ def _single_process(config: ExperimentConfig) -> ExperimentConfig:
             "(run fit with DDP for a single large model)"
         )
     if trainer.devices == "auto":
-        data = to_dict(config)
-        data["trainer"]["devices"] = 1
-        return resolve(data)
+        return evolve(config, {"trainer.devices": 1})
     return config
 
 

@@ -17,12 +17,11 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
-from lightning_fusion.config import DataConfig, component_options
+from lightning_fusion.config import DataConfig
 from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
 from lightning_fusion.data.dataset import MultimodalDataset
 from lightning_fusion.data.kinds import KINDS, kind_of
 from lightning_fusion.data.kinds.base import Preprocessor
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
 from lightning_fusion.data.transforms import build_augmentation
 from lightning_fusion.errors import DataError
@@ -40,7 +39,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.given_splits = splits
         self.config = data
         self.modalities = list(modalities)
-        self.reader = READERS.create(data.reader["name"], component_options(data.reader, READERS))
+        self.reader = data.reader.create()
         self.root = Path(data.root).expanduser() if data.root else None
         self.cohort: Cohort | None = None
         self.join: JoinReport | None = None

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from lightning_fusion.explain.inputs import Target, inspecting, model_inputs, target_indices
-from lightning_fusion.fusion import FUSIONS
 
 if TYPE_CHECKING:
     from lightning_fusion.lit import FusionLitModule
@@ -59,10 +58,8 @@ def modality_contributions(
     modalities = list(module.modalities)
     if len(modalities) < 2:
         raise ValueError(f"modality contributions need a model with >= 2 modalities; this one has {modalities}")
-    fusion_name = module.experiment_config.model.fusion["name"]
-    method: Literal["mask", "zeros"] = (
-        "mask" if FUSIONS.metadata(fusion_name).get("supports_missing", False) else "zeros"
-    )
+    fusion = module.experiment_config.model.fusion
+    method: Literal["mask", "zeros"] = "mask" if fusion.metadata.get("supports_missing", False) else "zeros"
     with inspecting(module), torch.no_grad():
         inputs = model_inputs(module, batch)
         full = module(inputs).float().softmax(dim=1)

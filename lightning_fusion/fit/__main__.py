@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_fusion.cli import (
+    add_config_help,
     add_run_arguments,
     log_to_stderr,
     parse_run_args,
@@ -28,7 +29,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
         description="Train and test one model from an experiment config; the run is recorded in MLflow.",
         epilog="Any config key can be overridden as --section.key value, e.g. --trainer.max_epochs 5 "
         "--model.modalities [image]",
+        add_help=False,
     )
+    add_config_help(parser)
     parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation instead of one split")

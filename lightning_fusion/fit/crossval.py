@@ -97,7 +97,7 @@ def cross_validate(
             "lf.cv": str(k),
             "lf.cv_repeats": str(repeats),
             "lf.model_kind": model_kind(kinds),
-            "lf.fusion": config.model.fusion["name"] if len(modalities) > 1 else "none",
+            "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
             "lf.dataset": first.summary()["dataset"],
             "lf.modalities": ",".join(modalities),
             "lf.experiment": config.name,

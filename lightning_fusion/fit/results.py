@@ -56,10 +56,10 @@ def model_kind(kinds: list[str]) -> str:
 
 def run_tags(config: ExperimentConfig, dataset: str, kinds: list[str]) -> dict[str, str]:
     model = config.model
-    backbones = [model.encoders[m].get("backbone") for m in model.modalities if model.encoders[m].get("backbone")]
+    backbones = [b for m in model.modalities if (b := getattr(model.encoders[m].options, "backbone", None))]
     return {
         "lf.model_kind": model_kind(kinds),
-        "lf.fusion": model.fusion["name"] if len(model.modalities) > 1 else "none",
+        "lf.fusion": model.fusion.name if len(model.modalities) > 1 else "none",
         "lf.backbone": ",".join(backbones) or "none",
         "lf.dataset": dataset,
         "lf.modalities": ",".join(model.modalities),

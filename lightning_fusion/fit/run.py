@@ -67,7 +67,7 @@ def fit(
         raise ValueError(f"the data module has no modality {missing} (it has {datamodule.modalities})")
     specs = {m: s for m, s in datamodule.specs.items() if m in config.model.modalities}
     module = FusionLitModule(
-        to_dict(config),
+        config,
         {m: {"kind": s.kind, "shape": list(s.shape)} for m, s in specs.items()},
         datamodule.classes,
         datamodule.class_weights,

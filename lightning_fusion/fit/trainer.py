@@ -31,7 +31,7 @@ def warmup_epochs(model: ModelConfig | None) -> int:
     """The longest backbone warm-up (``warmup_epochs``) among the model's encoders; 0 when none has one."""
     if model is None:
         return 0
-    return max((int(model.encoders[m].get("warmup_epochs", 0)) for m in model.modalities), default=0)
+    return max((int(getattr(model.encoders[m].options, "warmup_epochs", 0)) for m in model.modalities), default=0)
 
 
 def build_trainer(

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_fusion.config import component_options
 from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.data.kinds.upload import ModalityInput
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.predict.trained_model import TrainedModel
 
 
 def reader_options(model: TrainedModel) -> Any:
     """The typed options of the reader the model was trained through (``None`` if they cannot be built)."""
-    reader = model.config.data.reader
     try:
-        return READERS.create(reader["name"], component_options(reader, READERS)).options
+        return model.config.data.reader.create().options
     except Exception:  # an unknown or changed reader: describe the uploads from the specs alone
         return None
 

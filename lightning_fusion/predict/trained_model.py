@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lightning_fusion.config import ExperimentConfig, component_options
+from lightning_fusion.config import ExperimentConfig
 from lightning_fusion.data.cohort import Cohort, join_modalities
 from lightning_fusion.data.datamodule import modality_arrays, restore_preprocessors, with_placeholders
 from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.data.kinds import KINDS
-from lightning_fusion.data.readers import READERS
 from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
 
@@ -119,7 +118,7 @@ class TrainedModel:
     def read_cohort(self, root: str | Path | None = None) -> Cohort:
         """The dataset at ``root`` (default: the training dataset) through the model's reader."""
         data = self.config.data if root is None else replace(self.config.data, root=str(root))
-        reader = READERS.create(data.reader["name"], component_options(data.reader, READERS))
+        reader = data.reader.create()
         path = Path(data.root).expanduser() if data.root else None
         if path is not None and not path.exists():
             raise DataError(f"{path}: no such dataset folder")

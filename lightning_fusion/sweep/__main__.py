@@ -14,12 +14,15 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from lightning_fusion.cli import log_to_stderr
+from lightning_fusion.cli import add_config_help, log_to_stderr
 from lightning_fusion.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightning_fusion.sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_fusion.sweep", description=__doc__.splitlines()[0], add_help=False
+    )
+    add_config_help(parser, keys_as_overrides=False)
     parser.add_argument("study", help="study file, e.g. ablations/hparams.yaml")
     parser.add_argument("--n-trials", type=int, help="total finished trials wanted (default: the file's trials)")
     parser.add_argument("--storage", help="Optuna storage: a .journal file or an SQLAlchemy URL (postgresql://...)")

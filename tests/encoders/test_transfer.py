@@ -163,7 +163,7 @@ def test_fractions_and_indices_through_the_config():
         config = load_config(
             None, {"model.encoders.image.backbone": "test_resnet", "model.encoders.image.unfreeze_from": value}
         )
-        return config.model.encoders["image"]["unfreeze_from"]
+        return config.model.encoders["image"].options.unfreeze_from
 
     assert image(0.75) == 0.75 and isinstance(image(0.75), float)
     assert image(-1) == -1

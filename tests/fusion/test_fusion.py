@@ -326,13 +326,13 @@ def test_modality_dropout_with_a_real_fusion_trains():
 
 
 def test_modality_dropout_needs_a_fusion_that_supports_missing_modalities():
-    config = _config(["image", "tabular"], "concat", **{"model.modality_dropout": 0.3})
+    # a config rule: refused at resolve, before any data (or model) exists
     with pytest.raises(
-        ValueError,
-        match=r"fusion 'concat' cannot handle missing modalities.*use a fusion that supports them "
-        r"\(attention, gated, late_weighted\)",
+        ConfigError,
+        match=r"model\.modality_dropout 0\.3: model\.fusion 'concat' cannot handle missing modalities.*"
+        r"use a fusion that supports them \(attention, gated, late_weighted\)",
     ):
-        build_model(config, SPECS, num_classes=3)
+        _config(["image", "tabular"], "concat", **{"model.modality_dropout": 0.3})
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])

@@ -107,7 +107,7 @@ def test_conditional_parameters_are_sampled_only_when_their_condition_holds(tmp_
     )
     assert attention["model.fusion.heads"] == 2
     fusion = study.compose(attention).model.fusion
-    assert fusion["name"] == "attention" and fusion["heads"] == 2
+    assert fusion.name == "attention" and fusion.options.heads == 2
 
 
 def _runs(uri):

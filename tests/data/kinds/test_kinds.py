@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fusion.config import DataConfig, ModelConfig
+from lightning_fusion.config import DataConfig, load_config
 from lightning_fusion.data.cohort import Cohort
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.dataset import collate_arrays
@@ -226,11 +226,14 @@ def test_a_new_kind_needs_only_its_class_and_a_registry_line(volume_kind):
     assert sum(len(rows) for rows in placeholders) == 4  # the patients without a volume: zero rows, masked
     assert not any(rows.any() for rows in placeholders)
 
-    config = ModelConfig(
-        modalities=["ct", "tabular"],
-        encoders={"ct": {"name": "flat3d"}, "tabular": {"name": "mlp", "widths": [4]}},
-        fusion={"name": "gated"},
-    )
+    config = load_config(
+        None,
+        {
+            "model.modalities": ["ct", "tabular"],
+            "model.encoders": {"ct": {"name": "flat3d"}, "tabular": {"name": "mlp", "widths": [4]}},
+            "model.fusion": "gated",
+        },
+    ).model
     model = build_model(config, datamodule.specs, num_classes=2).eval()
     assert model(batch).shape == (len(batch["label"]), 2)
 

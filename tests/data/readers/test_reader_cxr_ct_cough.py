@@ -212,7 +212,7 @@ def test_bad_options_are_named():
     with pytest.raises(ConfigError, match=r"data\.reader\.spectrogram: hop_length \(2048\) must not exceed n_fft"):
         load_config(None, {"data.reader": {"name": "cxr_ct_cough", "spectrogram": {"hop_length": 2048}}})
     resolved = load_config(None, {"data.reader": {"name": "cxr_ct_cough", "spectrogram": {"n_mels": 32}}})
-    assert resolved.data.reader["spectrogram"]["n_mels"] == 32
+    assert resolved.data.reader.options.spectrogram.n_mels == 32
 
 
 # --------------------------------------------------------------------------------------------------
