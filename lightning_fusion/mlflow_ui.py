@@ -32,6 +32,7 @@ MAX_NOTE_CHARACTERS = 8000  # MLflow's limit on a run tag's value
 # the runs table's fixed columns (ag-grid column ids)
 RUN_NAME_COLUMN = "attributes.`Run Name`"
 FIXED_COLUMNS_AFTER = ("runDateAndNestInfo", "duration")  # "Created", "Duration"
+START_TIME = "attributes.start_time"  # a sort key: in the order the runs started
 
 
 def metric_column(key: str) -> str:
