@@ -2,7 +2,9 @@
 
 The printed ``models`` URL must show the model-training runs table (not the GenAI overview) with the
 child runs by model name and their test balanced accuracy; the ``verdict`` URL the parent run, whose
-description holds the verdict and the comparison table.
+description holds the verdict and the comparison table. A sweep's parent gets the same (its trials
+by their value, a description with the best trial and the importances); ``fit --cv``'s is checked in
+``tests/fit/test_crossval.py``.
 
 ``LF_UI_SCREENSHOTS=docs/images pytest tests/compare/test_mlflow_ui.py`` also saves the screenshots
 of ``docs/mlflow-ui.md`` (small palette PNGs) from this same flow.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -23,15 +26,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion.compare import __main__ as compare_cli
-from lightning_fusion.mlflow_ui import DEFAULT_UI
+from lightning_fusion.mlflow_ui import DEFAULT_UI, MAX_NOTE_CHARACTERS, NOTE_TAG, describe, view_url
+from lightning_fusion.sweep.report import log_report
+from lightning_fusion.sweep.study import load_study
 from lightning_fusion.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
-from tests.conftest import headless_chromium, small_overrides
-
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+from tests.conftest import PROJECT_ROOT, headless_chromium, small_overrides
 
 SCREENSHOTS = os.environ.get("LF_UI_SCREENSHOTS")  # a folder: save the docs' screenshots there
 # the test: two trained models (the CNN and the ANN) and a procedure on them, one epoch; the docs'
@@ -146,6 +150,8 @@ def _quiet_assistant(driver, base: str) -> None:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_the_printed_urls_open_the_models_and_the_verdict(small_cohort_master, mlflow_store, tmp_path, capsys):
     from selenium.webdriver.common.by import By
 
@@ -228,3 +234,61 @@ def test_the_printed_urls_open_the_models_and_the_verdict(small_cohort_master, m
                 _screenshot(driver, "mlflow-ui-genai-default")
         finally:
             driver.quit()
+
+
+def _saved_view(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[str, dict]:
+    envelope = json.loads(client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.lf-{parent_id}"])
+    return envelope["name"], json.loads(envelope["state"])
+
+
+def test_a_sweep_parent_describes_the_best_trial_and_a_view_lists_the_trials(mlflow_store):
+    """The report of a study (six finished trials, no training): the parent's description and its view."""
+    spec = load_study(PROJECT_ROOT / "ablations" / "hparams.yaml")  # maximize val/balanced_accuracy
+    client = MlflowClient(mlflow_store["uri"])
+    experiment_id = client.create_experiment("sweeps")
+    parent = client.create_run(experiment_id, run_name="sweep-hparams").info.run_id
+    study = optuna.create_study(study_name="hparams", direction="maximize")
+    space = {
+        "optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "data.batch_size": optuna.distributions.CategoricalDistribution([16, 32, 64]),
+    }
+    for lr, batch, value in [(1e-3, 16, 0.6), (5e-3, 32, 0.8), (2e-4, 64, 0.5), (8e-3, 16, 0.75), (1e-4, 32, 0.4)]:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"optim.lr": lr, "data.batch_size": batch},
+                distributions=space,
+                value=value,
+                user_attrs={"epochs": 3},
+            )
+        )
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"epochs": 1}))
+
+    log_report(client, parent, study, spec)
+    note = client.get_run(parent).data.tags[NOTE_TAG]
+    first, best, importances, ranked, link, trials, table = note.split("\n\n")
+    assert first == "**Best: trial 1, val/balanced_accuracy 0.8000** (maximize; trials: 5 complete, 1 pruned)"
+    assert best == "Best parameters: `optim.lr` = 0.005, `data.batch_size` = 32"
+    assert importances.startswith("Parameter importances") and ranked.startswith("| parameter | importance |")
+    assert link.startswith(f"[The trials, best first](#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    assert trials.startswith("Trials")
+    values = [line.split(" | ")[2] for line in table.splitlines()[2:]]
+    assert values == ["0.8", "0.75", "0.6", "0.5", "0.4", ""]  # best first, the pruned trial last
+    assert "| 0.0002 |" in table  # a learning rate keeps its digits
+
+    name, state = _saved_view(client, experiment_id, parent)
+    assert name.startswith("sweep-hparams ") and name.endswith(": trials by val/balanced_accuracy")
+    assert state["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent}'"
+    assert state["orderByKey"] == "metrics.`trial/best_value`" and state["orderByAsc"] is False
+    assert {"params.`trial.optim.lr`", "params.`trial.data.batch_size`", "tags.`optuna.state`"} <= set(
+        state["selectedColumns"]
+    )
+    assert view_url(mlflow_store["uri"], experiment_id, parent).endswith(f"viewStateShareKey=lf-{parent}")
+
+
+def test_a_long_description_is_cut_at_a_line_to_mlflows_limit(mlflow_store):
+    client = MlflowClient(mlflow_store["uri"])
+    run = client.create_run(client.create_experiment("long")).info.run_id
+    describe(client, run, "".join(f"| row {i} | {'x' * 60} |\n" for i in range(400)))
+    note = client.get_run(run).data.tags[NOTE_TAG]
+    assert len(note) <= MAX_NOTE_CHARACTERS and note.endswith("the run's artifacts hold the full tables)\n")
+    assert note.split("\n\n")[0].splitlines()[-1].endswith("x |")  # whole rows only
