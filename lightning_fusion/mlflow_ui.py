@@ -73,7 +73,7 @@ def save_children_view(
         "orderByAsc": ascending,
         "selectedColumns": list(columns),
         "columnOrder": [RUN_NAME_COLUMN, *columns, *FIXED_COLUMNS_AFTER],
-        "columnWidths": {column: _width(column) for column in columns},
+        "columnWidths": {RUN_NAME_COLUMN: 260} | {column: _width(column) for column in columns},
     }
     now = int(time.time() * 1000)
     envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
@@ -123,7 +123,7 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def _width(column: str) -> int:
     """Wide enough for the column's header (``test/balanced_accuracy``) and its sort mark."""
     label = column.split("`")[1] if "`" in column else column
-    return max(110, 8 * len(label) + 40)
+    return max(170, 8 * len(label) + 40)  # metric values come with up to 16 digits
 
 
 __all__ = [

@@ -38,6 +38,7 @@ from lightning_fusion.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from tests.conftest import PROJECT_ROOT, headless_chromium, small_overrides
 
 SCREENSHOTS = os.environ.get("LF_UI_SCREENSHOTS")  # a folder: save the docs' screenshots there
+SCREENSHOTS_FOLDER = Path(SCREENSHOTS).resolve() if SCREENSHOTS else None  # before a fixture changes directory
 # the test: two trained models (the CNN and the ANN) and a procedure on them, one epoch; the docs'
 # screenshots: also a trained fusion, and models that learned something
 FUSIONS, EPOCHS = ("concat,ensemble_mean", 8) if SCREENSHOTS else ("ensemble_mean", 1)
@@ -131,14 +132,14 @@ def _body(driver) -> str:
 
 def _screenshot(driver, name: str) -> None:
     """A small palette PNG of the window for the docs (only with ``LF_UI_SCREENSHOTS``)."""
-    if not SCREENSHOTS:
+    if SCREENSHOTS_FOLDER is None:
         return
     from PIL import Image
 
-    folder = Path(SCREENSHOTS)
-    folder.mkdir(parents=True, exist_ok=True)
+    time.sleep(2)  # the page's last pieces (child runs, charts' placeholders)
+    SCREENSHOTS_FOLDER.mkdir(parents=True, exist_ok=True)
     image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-    image.quantize(colors=48, dither=Image.Dither.NONE).save(folder / f"{name}.png", optimize=True)
+    image.quantize(colors=48, dither=Image.Dither.NONE).save(SCREENSHOTS_FOLDER / f"{name}.png", optimize=True)
 
 
 def _quiet_assistant(driver, base: str) -> None:
@@ -230,8 +231,14 @@ def test_the_printed_urls_open_the_models_and_the_verdict(small_cohort_master, m
             if SCREENSHOTS:  # for the docs: the experiment's own address, without the parameter workflowType
                 driver.get(f"{base}/#/experiments/{experiment.experiment_id}")
                 _wait(driver, lambda d: "Detect Issues in Your Traces" in _body(d), what="the GenAI overview")
-                time.sleep(2)  # its charts' placeholders
                 _screenshot(driver, "mlflow-ui-genai-default")
+                # the two clicks without the URL: the switch to Model training, then the saved view under Views
+                driver.find_element(By.XPATH, "//button[normalize-space()='Got it']").click()  # the pop-up's
+                driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']").click()
+                _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']"))
+                driver.find_element(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']").click()
+                _wait(driver, lambda d: "models by test balanced accuracy" in _body(d), what="the saved view")
+                _screenshot(driver, "mlflow-ui-views")
         finally:
             driver.quit()
 
