@@ -71,17 +71,39 @@ def mlflow_server(uri: str, artifacts: str, log: Path) -> Iterator[tuple[subproc
     command += ["--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with log.open("w") as output:  # to a file: a full pipe would block the server
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield process, f"http://127.0.0.1:{port}"
+        yield process, url
     finally:
+        # the CLI, the uvicorn process it starts and its job consumers: one process group. A few seconds
+        # to stop, then killed (uvicorn would wait for the browser's open connections; the store is done)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)  # the CLI and the uvicorn process it starts
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while (process.poll() is None or group_alive(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process.poll() is None or group_alive(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of the group is still running (not a zombie waiting for its parent)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _, group_id = stat.read_text().rsplit(")", 1)[1].split()[:3]  # after "pid (comm)"
+            if int(group_id) == group and state != "Z":
+                return True
+    return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def wait_until_serving(process: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
@@ -89,10 +111,8 @@ def wait_until_serving(process: subprocess.Popen, url: str, log: Path, seconds: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"mlflow server exited ({process.returncode}): {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+        if _answers(url):
+            return
         time.sleep(0.25)
     raise AssertionError(f"mlflow server did not answer in {seconds} s: {log.read_text()[-2000:]}")
 
@@ -151,9 +171,17 @@ def _quiet_assistant(driver, base: str) -> None:
     )
 
 
+@pytest.fixture
+def driver():
+    """Headless Chromium, first: without it the test skips (fails in CI) before it trains anything."""
+    browser = headless_chromium(WINDOW)
+    yield browser
+    browser.quit()
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-def test_the_printed_urls_open_the_models_and_the_verdict(small_cohort_master, mlflow_store, tmp_path, capsys):
+def test_the_printed_urls_open_the_models_and_the_verdict(driver, small_cohort_master, mlflow_store, tmp_path, capsys):
     from selenium.webdriver.common.by import By
 
     uri, artifacts = mlflow_store["uri"], mlflow_store["artifacts"]
@@ -191,56 +219,53 @@ def test_the_printed_urls_open_the_models_and_the_verdict(small_cohort_master, m
         assert sorted(logged) == sorted(MODELS)
 
         wait_until_serving(process, base, log)
-        driver = headless_chromium(WINDOW)
-        try:
-            _quiet_assistant(driver, base)
+        _quiet_assistant(driver, base)
 
-            # the models: the model-training runs table, the children by name, their balanced accuracy
-            driver.get(pages["models"])
-            _wait(
-                driver,
-                lambda d: len([r for r in _table(d) if r.get(BALANCED_ACCURACY)]) == len(MODELS),
-                what="the runs table with a balanced-accuracy cell per model",
-            )
-            assert "/runs?" in driver.current_url
-            body = _body(driver)
-            assert "Run Name" in body and "test/balanced_accuracy" in body and "test/auroc" in body
-            assert not [text for text in GENAI_ONLY if text in body], "the GenAI overview is shown"
-            rows = _table(driver)
-            shown = {row[RUN_NAME].splitlines()[-1]: float(row[BALANCED_ACCURACY]) for row in rows}  # after its colour
-            assert sorted(shown) == sorted(MODELS)
-            for name, value in shown.items():
-                assert value == pytest.approx(logged[name], abs=0.006), (name, value, logged[name])
-            values = [float(row[BALANCED_ACCURACY]) for row in rows]
-            assert values == sorted(values, reverse=True), "best first"
-            _screenshot(driver, "mlflow-ui-models")
+        # the models: the model-training runs table, the children by name, their balanced accuracy
+        driver.get(pages["models"])
+        _wait(
+            driver,
+            lambda d: len([r for r in _table(d) if r.get(BALANCED_ACCURACY)]) == len(MODELS),
+            what="the runs table with a balanced-accuracy cell per model",
+        )
+        assert "/runs?" in driver.current_url
+        body = _body(driver)
+        assert "Run Name" in body and "test/balanced_accuracy" in body and "test/auroc" in body
+        assert not [text for text in GENAI_ONLY if text in body], "the GenAI overview is shown"
+        rows = _table(driver)
+        shown = {row[RUN_NAME].splitlines()[-1]: float(row[BALANCED_ACCURACY]) for row in rows}  # after its colour
+        assert sorted(shown) == sorted(MODELS)
+        for name, value in shown.items():
+            assert value == pytest.approx(logged[name], abs=0.006), (name, value, logged[name])
+        values = [float(row[BALANCED_ACCURACY]) for row in rows]
+        assert values == sorted(values, reverse=True), "best first"
+        _screenshot(driver, "mlflow-ui-models")
 
-            # the verdict: the parent run's page opens on its description, the verdict and the table
-            driver.get(pages["verdict"])
-            _wait(driver, lambda d: "best fusion:" in _body(d), what="the parent run's description")
-            verdict = "//*[contains(text(), 'best fusion:')]"
-            description = driver.find_element(By.XPATH, f"{verdict}/ancestor::*[.//table][1]")  # the markdown's
-            table = description.find_element(By.TAG_NAME, "table").get_attribute("innerText")
-            for name in ("cnn (image)", "ann (tabular)", *(f"fusion {f}" for f in FUSIONS.split(","))):
-                assert name in table
-            assert "balanced_accuracy" in table and "auroc" in table
-            for more in driver.find_elements(By.XPATH, "//button[normalize-space()='Show more']"):
-                more.click()  # the whole description, for the screenshot
-            _screenshot(driver, "mlflow-ui-verdict")
+        # the verdict: the parent run's page opens on its description, the verdict and the table
+        driver.get(pages["verdict"])
+        _wait(driver, lambda d: "best fusion:" in _body(d), what="the parent run's description")
+        verdict = "//*[contains(text(), 'best fusion:')]"
+        description = driver.find_element(By.XPATH, f"{verdict}/ancestor::*[.//table][1]")  # the markdown's
+        table = description.find_element(By.TAG_NAME, "table").get_attribute("innerText")
+        for name in ("cnn (image)", "ann (tabular)", *(f"fusion {f}" for f in FUSIONS.split(","))):
+            assert name in table
+        assert "balanced_accuracy" in table and "auroc" in table
+        for more in driver.find_elements(By.XPATH, "//button[normalize-space()='Show more']"):
+            more.click()  # the whole description, for the screenshot
+        _screenshot(driver, "mlflow-ui-verdict")
 
-            if SCREENSHOTS:  # for the docs: the experiment's own address, without the parameter workflowType
-                driver.get(f"{base}/#/experiments/{experiment.experiment_id}")
-                _wait(driver, lambda d: "Detect Issues in Your Traces" in _body(d), what="the GenAI overview")
-                _screenshot(driver, "mlflow-ui-genai-default")
-                # the two clicks without the URL: the switch to Model training, then the saved view under Views
-                driver.find_element(By.XPATH, "//button[normalize-space()='Got it']").click()  # the pop-up's
-                driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']").click()
-                _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']"))
-                driver.find_element(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']").click()
-                _wait(driver, lambda d: "models by test balanced accuracy" in _body(d), what="the saved view")
-                _screenshot(driver, "mlflow-ui-views")
-        finally:
-            driver.quit()
+        if SCREENSHOTS:  # for the docs: the experiment's own address, without the parameter workflowType
+            driver.get(f"{base}/#/experiments/{experiment.experiment_id}")
+            _wait(driver, lambda d: "Detect Issues in Your Traces" in _body(d), what="the GenAI overview")
+            _screenshot(driver, "mlflow-ui-genai-default")
+            # the two clicks without the URL: the switch to Model training, then the saved view under Views
+            driver.find_element(By.XPATH, "//button[normalize-space()='Got it']").click()  # the pop-up's
+            driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']").click()
+            _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']"))
+            driver.find_element(By.CSS_SELECTOR, "[data-testid='saved-views-trigger']").click()
+            _wait(driver, lambda d: "models by test balanced accuracy" in _body(d), what="the saved view")
+            _screenshot(driver, "mlflow-ui-views")
+    assert process.poll() is not None and not group_alive(process.pid) and not _answers(base), "a server is left"
 
 
 def _saved_view(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[str, dict]:
