@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from lightning_fusion.config import parse_override_value
@@ -131,10 +131,14 @@ def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     return 2, None
 
 
-def print_run_location(what: str, run_id: str, experiment_id: str, uri: str) -> None:
-    """Where the run landed, and how to browse it."""
+def print_run_location(
+    what: str, run_id: str, experiment_id: str, uri: str, pages: Mapping[str, str] | None = None
+) -> None:
+    """Where the run landed, how to browse it, and the MLflow UI pages that open on it (label → URL)."""
     print(f"{what} {run_id} (experiment {experiment_id}) in {uri}")
     print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
+    for label, url in (pages or {}).items():
+        print(f"  {label}: {url}")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -7,6 +7,11 @@ Default store: ``sqlite:///mlflow.db`` in the working directory with artifacts u
 A run is FINISHED only when everything, artifacts included, has been written; any error marks it
 FAILED. Lightning closes its loggers after ``fit`` and again after ``test``; :class:`RunLogger`
 ignores those "success" calls so a crash between them cannot leave a run that looks finished.
+
+Every experiment a run lands in is tagged ``mlflow.experimentKind = custom_model_development``, the
+value the MLflow UI's experiment-kind selector writes for experiments of trained models. MLflow
+3.17's UI picks its view from its GenAI / Model training switch instead (URL parameter
+``workflowType``); ``docs/mlflow-ui.md`` has the URLs that open on the models.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_fusion.config import TrackingConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read and written by the MLflow UI (its experiment-kind selector)
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -32,8 +40,24 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def tag_for_model_training(client: Any, experiment_id: str) -> None:
+    """Mark the experiment as one of trained models for the MLflow UI (unless it already is)."""
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
 class RunLogger(MLFlowLogger):
     """An MLFlowLogger whose run is closed by :meth:`close`, not by Lightning's per-stage teardown."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The MLflow client; the first call creates the run and tags its experiment (created or reused)."""
+        client = super().experiment
+        if not getattr(self, "_kind_tagged", False):
+            tag_for_model_training(client, self._experiment_id)
+            self._kind_tagged = True
+        return client
 
     def finalize(self, status: str = "success") -> None:
         if status == "failed":  # Lightning's own exception path: mark the run at once

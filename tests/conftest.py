@@ -147,6 +147,33 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def headless_chromium(window_size: tuple[int, int] | None = None):
+    """Headless Chromium through Selenium; missing pieces skip the test, or fail it in CI (``CI`` set)."""
+    missing = []
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("the selenium package (pip install selenium)")
+    browser = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+    driver = shutil.which("chromedriver")
+    if browser is None:
+        missing.append("Chromium (apt-get install chromium)")
+    if driver is None:
+        missing.append("chromedriver (apt-get install chromium-driver)")
+    if missing:
+        message = "the browser test needs " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    if window_size:
+        options.add_argument(f"--window-size={window_size[0]},{window_size[1]}")
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a test module: on a busy 2-core machine two threads spin-wait

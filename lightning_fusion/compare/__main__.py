@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_result(result) -> None:
     from lightning_fusion.compare.report import display_paired, display_table, verdict
     from lightning_fusion.evaluation.report import markdown_table
+    from lightning_fusion.mlflow_ui import run_url, view_url
 
     print()
     print(markdown_table(display_table(result.table)), end="")
@@ -67,7 +68,9 @@ def _print_result(result) -> None:
         print(markdown_table(display_paired(result.paired)), end="")
     print()
     print(verdict(result))
-    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri)
+    where = (result.tracking_uri, result.experiment_id, result.parent_run_id)
+    pages = {"models": view_url(*where), "verdict": run_url(*where)}  # the children by balanced accuracy; the parent
+    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, pages)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from lightning_fusion.config import EvaluationConfig, ExperimentConfig
 from lightning_fusion.evaluation import holm_adjust, mcnemar_test, paired_auroc_difference
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import png_bytes
+from lightning_fusion.mlflow_ui import describe, metric_column, save_children_view, tag_column, view_name, view_path
 from lightning_fusion.tracking import RunLogger, metric_key_part
 
 TABLE_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "nll")
@@ -237,3 +238,40 @@ def verdict(result: ComparisonResult) -> str:
             )
         )
     return line
+
+
+def comparison_note(result: ComparisonResult) -> str:
+    """The parent run's description (markdown): the verdict, the table, the paired tests, where the rest is."""
+    shown = display_table(result.table).drop(columns=["kind", "fusion", "seconds", "run_id"])
+    scope = (
+        f"pooled out-of-fold predictions of {result.cv}-fold cross-validation, {result.test_patients} patients"
+        if result.cv
+        else f"{result.test_patients} test patients of one split"
+    )
+    parts = [
+        f"**{verdict(result)}**",
+        f"[The models of this comparison, best first]({view_path(result.experiment_id, result.parent_run_id)}) "
+        "(its child runs; the chart is the artifact `comparison.png`, the full report `report.html`)",
+        f"Test metrics ({scope}; bootstrap intervals in brackets):",
+        markdown_table(shown).rstrip("\n"),
+    ]
+    if len(result.paired):
+        parts += ["Paired tests (Holm-adjusted p-values):", markdown_table(display_paired(result.paired)).rstrip("\n")]
+    return "\n\n".join(parts) + "\n"
+
+
+def present_in_ui(parent: RunLogger, result: ComparisonResult) -> None:
+    """What the MLflow UI shows first: the description of the parent run and a view of its models."""
+    client = parent.experiment
+    columns = [metric_column("test/balanced_accuracy"), metric_column("test/auroc"), tag_column("lf.model_kind")]
+    if result.cv:
+        columns.append(tag_column("lf.fold"))
+    save_children_view(
+        client,
+        result.experiment_id,
+        result.parent_run_id,
+        view_name(client, result.parent_run_id, "models by test balanced accuracy"),
+        columns,
+        order_by=metric_column("test/balanced_accuracy"),
+    )
+    describe(client, result.parent_run_id, comparison_note(result))

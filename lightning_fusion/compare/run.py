@@ -16,7 +16,9 @@ the end-to-end module of the same name is trained by ``fit --model.fusion late_w
 
 Every model is a child run (tags ``lf.model_kind``, ``lf.fusion``; procedures also ``lf.procedure``
 and ``lf.base_runs``) of one parent run tagged ``lf.compare=true``, which holds the comparison table
-(``comparison.md``, ``comparison.csv``) and a bar chart of the test metrics (``comparison.png``).
+(``comparison.md``, ``comparison.csv``) and a bar chart of the test metrics (``comparison.png``); its
+description is the verdict and the table, and a saved view of the MLflow UI lists its children by
+test balanced accuracy (:mod:`lightning_fusion.mlflow_ui`).
 The table's metrics are computed the same way for every model, from its test probabilities.
 """
 
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_fusion.compare.procedures import PROCEDURES, DecisionInputs, log_loss
-from lightning_fusion.compare.report import comparison_table, log_comparison, paired_tests
+from lightning_fusion.compare.report import comparison_table, log_comparison, paired_tests, present_in_ui
 from lightning_fusion.compare.results import ComparedModel, ComparisonResult
 from lightning_fusion.config import (
     EvaluationConfig,
@@ -200,20 +202,22 @@ def run_comparison(
             table = _with_fold_spread(table, per_fold, folds)
         paired = paired_tests(models, config.evaluation)
         log_comparison(parent, table, paired, summary, config, test_patients, cv)
+        result = ComparisonResult(
+            parent_run_id=parent.run_id or "",
+            experiment_id=parent.experiment_id,
+            tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
+            models=models,
+            table=table,
+            paired=paired,
+            test_patients=test_patients,
+            cv=cv,
+        )
+        present_in_ui(parent, result)
         parent.close("success")
     except BaseException:
         parent.close("failed")
         raise
-    return ComparisonResult(
-        parent_run_id=parent.run_id or "",
-        experiment_id=parent.experiment_id,
-        tracking_uri=resolve_tracking_uri(config.tracking.tracking_uri),
-        models=models,
-        table=table,
-        paired=paired,
-        test_patients=test_patients,
-        cv=cv,
-    )
+    return result
 
 
 def _check_stacking_classes(val_splits: list[list[str]], datamodule: MultimodalDataModule) -> None:

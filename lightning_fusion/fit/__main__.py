@@ -64,14 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_cv_summary(config, result, k: int) -> None:
     from lightning_fusion.fit.crossval import summary_lines
+    from lightning_fusion.mlflow_ui import run_url, view_url
 
     repeats = int(result.folds["repeat"].max()) + 1
     print(f"\n{config.name}: {k}-fold cross-validation x {repeats}, {len(result.folds)} fold models, test metrics:")
     print("\n".join(summary_lines(result)))
-    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri)
+    where = (result.tracking_uri, result.experiment_id, result.parent_run_id)
+    pages = {"folds": view_url(*where), "summary": run_url(*where)}  # the fold models; the parent's description
+    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, pages)
 
 
 def _print_summary(result) -> None:
+    from lightning_fusion.mlflow_ui import run_url
+
     summary = result.data_summary
     counts = {split: sum(c.values()) for split, c in summary["counts"].items()}
     excluded = sum(summary["excluded"].values())
@@ -101,7 +106,8 @@ def _print_summary(result) -> None:
             f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "
             "intervals in brackets; report.html in the run)"
         )
-    print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri)
+    page = {"open": run_url(result.tracking_uri, result.experiment_id, result.run_id)}
+    print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri, page)
     if result.model_logged:
         uri, run = result.tracking_uri, result.run_id
         print(f"  predict: python -m lightning_fusion.predict --model runs:/{run} --tracking-uri {uri}")

@@ -5,11 +5,13 @@ early-stopping validation split comes from its training folds only, and every fi
 (imputation, scaling, feature selection, class weights) is refitted on that fold's training patients
 (one data module per fold). A repeat reshuffles the folds with seed ``data.split.seed + repeat``.
 
-MLflow: one parent run (tag ``lf.cv=K``) with a child run per fold (tags ``lf.fold``, ``lf.repeat``),
-and on the parent: ``cv/<metric>_mean`` / ``cv/<metric>_std`` over folds, the per-fold table
-(``cv_folds.csv`` / ``.md``), the out-of-fold predictions (``oof_predictions.csv``: patient id,
-repeat, fold, true label, class probabilities), pooled out-of-fold metrics with bootstrap intervals
-(``oof/<metric>``, first repeat) and ``report.html``. The predefined split of a dataset is not used.
+MLflow: one parent run (tag ``lf.cv=K``) with a child run per fold, ``fold-k`` (``r<repeat>-fold-k``
+with repeats; tags ``lf.fold``, ``lf.repeat``), and on the parent: a description with the
+cross-validated table (what the MLflow UI shows first; a saved view of the UI lists the folds),
+``cv/<metric>_mean`` / ``cv/<metric>_std`` over folds, the per-fold table (``cv_folds.csv`` / ``.md``),
+the out-of-fold predictions (``oof_predictions.csv``: patient id, repeat, fold, true label, class
+probabilities), pooled out-of-fold metrics with bootstrap intervals (``oof/<metric>``, first repeat)
+and ``report.html``. The predefined split of a dataset is not used.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from lightning_fusion.evaluation.report import dataset_section, image_html, mark
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation
 from lightning_fusion.fit.results import Predictions, model_kind
 from lightning_fusion.fit.run import fit
+from lightning_fusion.mlflow_ui import (
+    START_TIME,
+    describe,
+    metric_column,
+    save_children_view,
+    tag_column,
+    view_name,
+    view_path,
+)
 from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -115,7 +126,7 @@ def cross_validate(
                 config,
                 datamodule,
                 parent.run_id,
-                run_name=f"{config.name}-r{fold.repeat}-fold{fold.index}",
+                run_name=f"fold-{fold.index}" if repeats == 1 else f"r{fold.repeat}-fold-{fold.index}",
                 extra_tags={"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)},
             )
             counts = {name: len(ids) for name, ids in fold.splits.items()}
@@ -218,7 +229,46 @@ def _log_parent(
         subtitle=f"MLflow parent run {parent.run_id}",
     )
     parent.log_text(report, "report.html")
+    _present_in_ui(parent, config, table, aggregate, k, repeats, len(labels))
     return evaluation.intervals
+
+
+def _present_in_ui(
+    parent: RunLogger,
+    config: ExperimentConfig,
+    table: pd.DataFrame,
+    aggregate: list[dict],
+    k: int,
+    repeats: int,
+    patients: int,
+) -> None:
+    """What the MLflow UI shows first: the parent's description (the cross-validated table) and a view of the folds."""
+    client, run_id, experiment_id = parent.experiment, parent.run_id or "", parent.experiment_id
+    columns = [metric_column("test/balanced_accuracy"), metric_column("test/auroc"), tag_column("lf.fold")]
+    if repeats > 1:
+        columns.append(tag_column("lf.repeat"))
+    name = view_name(client, run_id, "fold models") if run_id else ""
+    save_children_view(client, experiment_id, run_id, name, columns, order_by=START_TIME, ascending=True)
+    folds = table.drop(columns=["run_id"]).round(4)
+    headline = next((row for row in aggregate if row["metric"] == "balanced_accuracy"), None)
+    result = (
+        f"test balanced accuracy {headline['mean ± sd over folds']} over {len(table)} fold models"
+        + (f", pooled out-of-fold {headline['pooled out-of-fold [interval]']}" if len(headline) > 2 else "")
+        if headline
+        else f"{len(table)} fold models"
+    )
+    note = [
+        f"**{config.name}: {result}**",
+        f"{k}-fold patient-grouped stratified cross-validation, {repeats} repeat(s); {patients} patients, each "
+        "tested once per repeat. Mean ± sd over the fold models; pooled: all out-of-fold predictions of the first "
+        "repeat, with a bootstrap interval.",
+        markdown_table(pd.DataFrame(aggregate)).rstrip("\n"),
+        f"[The fold models]({view_path(experiment_id, run_id)}) (its child runs; the out-of-fold predictions and "
+        "figures are in the artifacts, the full report in `report.html`)",
+        "Per fold (test metrics of each fold model):",
+        markdown_table(folds).rstrip("\n"),
+    ]
+    describe(client, run_id, "\n\n".join(note) + "\n")
 
 
 def summary_lines(result: CrossValidationResult) -> list[str]:

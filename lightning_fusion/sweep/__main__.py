@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr()
     from mlflow.tracking import MlflowClient
 
+    from lightning_fusion.mlflow_ui import run_url, view_url
     from lightning_fusion.sweep.report import log_report
     from lightning_fusion.sweep.runner import optimize, prepare
     from lightning_fusion.sweep.study import load_study
@@ -67,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimize(study, prepared)
         code = 0
     # the study object reads its storage on each query, so the other workers' trials are in the report
-    print(log_report(MlflowClient(prepared.tracking_uri), prepared.parent_id, prepared.optuna_study, study), end="")
+    client = MlflowClient(prepared.tracking_uri)
+    print(log_report(client, prepared.parent_id, prepared.optuna_study, study), end="")
     print(f"MLflow parent run {prepared.parent_id} in {prepared.tracking_uri}; Optuna storage: {prepared.storage}")
+    where = (prepared.tracking_uri, client.get_run(prepared.parent_id).info.experiment_id, prepared.parent_id)
+    print(f"  trials: {view_url(*where)}\n  report: {run_url(*where)}")
     return code
 
 

@@ -2,7 +2,9 @@
 
 Logged on the study's parent run (``sweep_trials.csv``, ``sweep_report.md``, ``sweep_summary.json``
 with the importances, ``metric_vs_<param>.png``) and printed. Importances use Optuna's default
-evaluator and need at least two finished trials with different parameter values.
+evaluator and need at least two finished trials with different parameter values. The parent's
+description (what the MLflow UI shows first) is the best trial, the importances and the best trials;
+a saved view of the UI lists the trials, best first (:mod:`lightning_fusion.mlflow_ui`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from lightning_fusion.evaluation.report import markdown_table
+from lightning_fusion.mlflow_ui import (
+    describe,
+    metric_column,
+    param_column,
+    save_children_view,
+    tag_column,
+    view_name,
+    view_path,
+)
 from lightning_fusion.sweep.study import Study
+
+NOTE_TRIALS = 20  # the best trials the description lists (all are in sweep_trials.csv)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -117,4 +131,63 @@ def log_report(client: MlflowClient, parent_id: str, study: optuna.Study, spec_s
     if figure is not None:
         client.log_figure(parent_id, figure, f"metric_vs_{param.replace('.', '_')}.png")
         plt.close(figure)
+    present_in_ui(client, parent_id, summary, table, spec_study)
     return text
+
+
+def sweep_note(
+    summary: dict[str, Any], table: pd.DataFrame, spec_study: Study, experiment_id: str, parent_id: str
+) -> str:
+    """The parent run's description (markdown): best trial, importances, the best trials."""
+    spec = spec_study.spec
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in summary["counts"].items() if n)
+    if "best_value" in summary:
+        head = (
+            f"**Best: trial {summary['best_trial']}, {spec.metric} {summary['best_value']:.4f}** "
+            f"({spec.direction}; trials: {counts or 'none'})"
+        )
+        params = ", ".join(f"`{k}` = {v}" for k, v in summary["best_params"].items())
+        parts = [head, f"Best parameters: {params or 'none'}"]
+    else:
+        parts = [f"**No trial completed** (trials: {counts or 'none'})"]
+    if summary["importances"]:
+        importances = pd.DataFrame(
+            {"parameter": list(summary["importances"]), "importance": list(summary["importances"].values())}
+        )
+        parts += ["Parameter importances (Optuna's default evaluator):", markdown_table(importances).rstrip("\n")]
+    parts.append(
+        f"[The trials, best first]({view_path(experiment_id, parent_id)}) (its child runs; their parameters are "
+        "the params `trial.<path>`)"
+    )
+    if len(table):
+        ranked = table.sort_values("value", ascending=spec.direction == "minimize", na_position="last")
+        shown = ranked.head(NOTE_TRIALS).map(_cell)  # 4 significant digits: learning rates are small
+        what = f"The {len(shown)} best of {len(table)} trials" if len(table) > NOTE_TRIALS else "Trials"
+        parts += [f"{what} (all in the artifact `sweep_trials.csv`):", markdown_table(shown).rstrip("\n")]
+    return "\n\n".join(parts) + "\n"
+
+
+def present_in_ui(
+    client: MlflowClient, parent_id: str, summary: dict[str, Any], table: pd.DataFrame, spec_study: Study
+) -> None:
+    """What the MLflow UI shows first: the parent's description and a view of the trials, best first."""
+    spec = spec_study.spec
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    columns = [metric_column("trial/best_value"), tag_column("optuna.state")]
+    columns += [param_column(f"trial.{path}") for path in spec.space]
+    save_children_view(
+        client,
+        experiment_id,
+        parent_id,
+        view_name(client, parent_id, f"trials by {spec.metric}"),
+        columns,
+        order_by=metric_column("trial/best_value"),
+        ascending=spec.direction == "minimize",
+    )
+    describe(client, parent_id, sweep_note(summary, table, spec_study, experiment_id, parent_id))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)

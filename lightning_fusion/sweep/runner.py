@@ -14,8 +14,8 @@ Re-running the same command resumes: ``trials`` is a
 total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback``.
 
 MLflow: one parent run per study (tag ``lf.sweep=<study name>``, found again on resume) and a child
-run per trial (tags ``optuna.trial``, ``optuna.state``; the trial's parameters as params
-``trial.<path>``).
+run per trial, ``trial-N`` (tags ``optuna.trial``, ``optuna.state``; the trial's parameters as params
+``trial.<path>``); the report (:mod:`lightning_fusion.sweep.report`) describes the parent.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def _one_fit(trial: optuna.Trial, study: Study, config, parent_id: str, tags: di
     spec = study.spec
     best = BestMetric(spec.metric, spec.direction)
     bests.append(best)
-    run_name = f"{tags['optuna.study']}-trial{trial.number}"
+    run_name = f"trial-{trial.number}"  # under the study's parent run, which names the study
     if config.trainer.several_processes:  # DDP: a fresh process per trial (see sweep/trial.py)
         job = _job(study, config, parent_id, tags, run_name, prune_each_epoch=spec.pruner.name != "none")
 
@@ -313,7 +313,7 @@ def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: d
     for fold in folds:
         best = BestMetric(spec.metric, spec.direction)
         bests.append(best)
-        run_name = f"{tags['optuna.study']}-trial{trial.number}-fold{fold.index}"
+        run_name = f"trial-{trial.number}-fold-{fold.index}"
         fold_tags = tags | {"lf.fold": str(fold.index)}
         if config.trainer.several_processes:
             outcome = run_trial_process(

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from lightning_fusion.errors import UploadError
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.predict.patient_files import read_signal
 from lightning_fusion.predict.trained_model import TrainedModel, load_model, resolve_model
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, headless_chromium
 
 IMAGE_SIZE = 64  # test_resnet reduces 32x: a 2x2 last feature map (at 32 px Grad-CAM would be blank)
 VIEWS = ["QPS AC", "Stress QGS AC", "Rest QGS AC"]  # the MPI reader's view order
@@ -453,31 +452,6 @@ def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
         app_main(["--model", "x.ckpt", "--max-upload-mb", "0"])
 
 
-def _chrome():
-    """Headless Chromium through Selenium; missing pieces skip the test, or fail it in CI (``CI`` set)."""
-    missing = []
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing.append("the selenium package (pip install selenium)")
-    browser = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
-    driver = shutil.which("chromedriver")
-    if browser is None:
-        missing.append("Chromium (apt-get install chromium)")
-    if driver is None:
-        missing.append("chromedriver (apt-get install chromium-driver)")
-    if missing:
-        message = "the browser test needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-
-
 def _start_server(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``python -m lightning_fusion.app`` on a free 127.0.0.1 port; its URL from its first line of output."""
     command = [sys.executable, "-m", "lightning_fusion.app", "--model", str(checkpoint), "--port", "0"]
@@ -511,7 +485,7 @@ def test_the_page_in_a_browser_predicts_an_uploaded_patient(trained, tmp_path):
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = _chrome()
+    driver = headless_chromium()
     try:
         process, url = _start_server(trained["checkpoint"], tmp_path / "server.log")
         try:

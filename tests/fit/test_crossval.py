@@ -93,6 +93,17 @@ def test_fit_cv_records_folds_oof_predictions_and_aggregates(small_cohort, mlflo
         summary = json.loads(open(client.download_artifacts(child.info.run_id, "data_summary.json")).read())
         means.append(json.dumps(summary["preprocessing"]["tabular"], sort_keys=True))
     assert len(set(means)) == 3
+    # what the MLflow UI opens on: the folds by name, the parent's description, a saved view of the folds
+    parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
+    assert sorted(r.info.run_name for r in children) == ["fold-0", "fold-1", "fold-2"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**demo: test balanced accuracy ") and "over 3 fold models, pooled out-of-fold" in note
+    assert "| metric | mean ± sd over folds | pooled out-of-fold [interval] |" in note
+    assert "| repeat | fold | n_train |" in note and "run_id" not in note
+    view = json.loads(client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.lf-{parent_id}"])
+    assert json.loads(view["state"])["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    assert f"  folds: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in out
+    assert f"viewStateShareKey=lf-{parent_id}\n  summary: " in out
 
 
 def test_fit_cv_argument_errors(capsys):

@@ -137,6 +137,7 @@ def test_sweep_runs_prunes_and_resumes(tmp_path, small_cohort, mlflow_store):
     parent = next(r for r in runs if r.data.tags.get("lf.sweep_parent") == "true")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(6))  # no trial run twice
+    assert all(r.info.run_name == f"trial-{r.data.tags['optuna.trial']}" for r in children)
     for run in children:
         trial = result.study.trials[int(run.data.tags["optuna.trial"])]
         assert run.data.tags["optuna.state"] == trial.state.name
@@ -283,6 +284,8 @@ def test_a_cv_study_trains_one_model_per_fold_and_averages(tmp_path, small_cohor
     assert sorted((r.data.tags["optuna.trial"], r.data.tags["lf.fold"]) for r in fold_runs) == [
         (t, f) for t in "01" for f in "012"
     ]
+    names = {f"trial-{r.data.tags['optuna.trial']}-fold-{r.data.tags['lf.fold']}" for r in fold_runs}
+    assert {r.info.run_name for r in fold_runs} == names
     assert all(r.data.tags["optuna.state"] == "COMPLETE" for r in fold_runs)
     with pytest.raises(ConfigError, match="at least 2 folds"):
         load_study(_write_study(tmp_path, small_cohort, cv=1))
