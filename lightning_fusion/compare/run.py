@@ -18,6 +18,7 @@ Every model is a child run (tags ``lf.model_kind``, ``lf.fusion``; procedures al
 and ``lf.base_runs``) of one parent run tagged ``lf.compare=true``, which holds the comparison table
 (``comparison.md``, ``comparison.csv``) and a bar chart of the test metrics (``comparison.png``).
 The table's metrics are computed the same way for every model, from its test probabilities.
+The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from lightning_fusion.fit.run import fit
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.metrics import metrics_from_probabilities
 from lightning_fusion.registry import suggest
-from lightning_fusion.tracking import create_run_logger, metric_key_part, resolve_tracking_uri
+from lightning_fusion.tracking import create_run_logger, end_status, metric_key_part, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ def run_comparison(
         paired = paired_tests(models, config.evaluation)
         log_comparison(parent, table, paired, summary, config, test_patients, cv)
         parent.close("success")
-    except BaseException:
-        parent.close("failed")
+    except BaseException as err:
+        parent.close(end_status(err))  # KILLED by an interrupt, FAILED otherwise
         raise
     return ComparisonResult(
         parent_run_id=parent.run_id or "",
@@ -396,8 +397,8 @@ def _run_procedure(
             title=f"{config.name}: fusion {procedure} (procedure on {', '.join(base_runs)})",
         )
         logger.close("success")
-    except BaseException:
-        logger.close("failed")
+    except BaseException as err:
+        logger.close(end_status(err))
         raise
     return ComparedModel(
         name=name,

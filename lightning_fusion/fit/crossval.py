@@ -10,6 +10,7 @@ and on the parent: ``cv/<metric>_mean`` / ``cv/<metric>_std`` over folds, the pe
 (``cv_folds.csv`` / ``.md``), the out-of-fold predictions (``oof_predictions.csv``: patient id,
 repeat, fold, true label, class probabilities), pooled out-of-fold metrics with bootstrap intervals
 (``oof/<metric>``, first repeat) and ``report.html``. The predefined split of a dataset is not used.
+The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (``fit --cv``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lightning_fusion.evaluation.report import dataset_section, image_html, mark
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation
 from lightning_fusion.fit.results import Predictions, model_kind
 from lightning_fusion.fit.run import fit
-from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+from lightning_fusion.tracking import RunLogger, create_run_logger, end_status, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ def cross_validate(
         oof = oof_frame(predictions, classes)
         pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
         parent.close("success")
-    except BaseException:
-        parent.close("failed")
+    except BaseException as err:
+        parent.close(end_status(err))  # KILLED by an interrupt, FAILED otherwise
         raise
     return CrossValidationResult(
         parent.run_id or "",
