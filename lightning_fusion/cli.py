@@ -14,7 +14,9 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -139,6 +141,39 @@ def print_run_location(
     print(f"  browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  tracking server: {uri}")
     for label, url in (pages or {}).items():
         print(f"  {label}: {url}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a command ends its runs (KILLED) instead of dying with them RUNNING."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread, once: a SIGTERM during the
+    clean-up after an interrupt (Ctrl-C, or an earlier SIGTERM) is ignored so the clean-up finishes
+    (SIGKILL still stops everything)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        handled = sys.exc_info()[1]  # the exception the interrupted code is handling, if any
+        while handled is not None:
+            if isinstance(handled, KeyboardInterrupt):
+                return
+            handled = handled.__cause__ or handled.__context__
+        if not received:
+            received.append(signum)
+            raise Terminated(f"received signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def interrupt_exit_code(interrupt: BaseException) -> int:
+    """The conventional exit status of a command stopped by ``interrupt``: 143 for SIGTERM, 130 for Ctrl-C."""
+    ctrl_c = isinstance(interrupt, KeyboardInterrupt) and not isinstance(interrupt, Terminated)
+    return 128 + signal.SIGINT if ctrl_c else Terminated.exit_code  # else SIGTERM, ours or Lightning's
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -12,6 +12,8 @@ Every experiment a run lands in is tagged ``mlflow.experimentKind = custom_model
 value the MLflow UI's experiment-kind selector writes for experiments of trained models. MLflow
 3.17's UI picks its view from its GenAI / Model training switch instead (URL parameter
 ``workflowType``); ``docs/mlflow-ui.md`` has the URLs that open on the models.
+
+A parent run (``compare``, ``fit --cv``, a sweep) that an interrupt ends is KILLED (:func:`end_status`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,29 @@ class RunLogger(MLFlowLogger):
             frame.to_csv(path, index=False)
             parent = str(Path(artifact_file).parent)
             self.experiment.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+
+def interrupt_of(error: BaseException | None) -> BaseException | None:
+    """The interrupt (Ctrl-C, or SIGTERM) behind ``error``, if there is one.
+
+    Lightning turns a ``KeyboardInterrupt`` inside ``Trainer.fit`` into ``SystemExit(1)`` raised while
+    handling it, so the interrupt is looked for along the chain of exceptions, not only at the top; a
+    SIGTERM that only Lightning handled arrives as its ``SIGTERMException``.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, SIGTERMException)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def end_status(error: BaseException) -> str:
+    """The MLflow status of a run that ``error`` ended: ``KILLED`` for an interrupt, else ``FAILED``."""
+    return "KILLED" if interrupt_of(error) is not None else "FAILED"
 
 
 def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> RunLogger:

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from lightning_fusion.cli import (
     add_config_help,
     add_run_arguments,
+    interrupt_exit_code,
     log_to_stderr,
     parse_run_args,
     print_run_location,
     run_reporting_input_errors,
+    stop_on_sigterm,
 )
 from lightning_fusion.config import load_config
 
@@ -43,13 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation of every model")
     args, overrides = parse_run_args(parser, argv)
     log_to_stderr()
+    stop_on_sigterm()  # SIGTERM ends the parent run KILLED instead of leaving it RUNNING
     from lightning_fusion.compare.run import parse_fusions, run_comparison  # heavy imports only when running
+    from lightning_fusion.tracking import interrupt_of
 
-    code, result = run_reporting_input_errors(
-        lambda: run_comparison(
-            load_config(args.config, overrides), parse_fusions(args.fusions), cv=args.cv, cv_repeats=args.cv_repeats
+    try:
+        code, result = run_reporting_input_errors(
+            lambda: run_comparison(
+                load_config(args.config, overrides), parse_fusions(args.fusions), cv=args.cv, cv_repeats=args.cv_repeats
+            )
         )
-    )
+    except BaseException as err:  # the parent run is already ended: KILLED by an interrupt, FAILED otherwise
+        interrupt = interrupt_of(err)
+        if interrupt is None:
+            raise
+        print(f"compare interrupted ({type(interrupt).__name__})", file=sys.stderr)
+        return interrupt_exit_code(interrupt)
     if result is None:
         return code
     _print_result(result)

@@ -20,6 +20,7 @@ and ``lf.base_runs``) of one parent run tagged ``lf.compare=true``, which holds 
 description is the verdict and the table, and a saved view of the MLflow UI lists its children by
 test balanced accuracy (:mod:`lightning_fusion.mlflow_ui`).
 The table's metrics are computed the same way for every model, from its test probabilities.
+The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from lightning_fusion.fit.run import fit
 from lightning_fusion.fusion import FUSIONS
 from lightning_fusion.metrics import metrics_from_probabilities
 from lightning_fusion.registry import suggest
-from lightning_fusion.tracking import create_run_logger, metric_key_part, resolve_tracking_uri
+from lightning_fusion.tracking import create_run_logger, end_status, metric_key_part, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ def run_comparison(
         )
         present_in_ui(parent, result)
         parent.close("success")
-    except BaseException:
-        parent.close("failed")
+    except BaseException as err:
+        parent.close(end_status(err))  # KILLED by an interrupt, FAILED otherwise
         raise
     return result
 
@@ -408,8 +409,8 @@ def _run_procedure(
             title=f"{config.name}: fusion {procedure} (procedure on {', '.join(base_runs)})",
         )
         logger.close("success")
-    except BaseException:
-        logger.close("failed")
+    except BaseException as err:
+        logger.close(end_status(err))
         raise
     return ComparedModel(
         name=name,

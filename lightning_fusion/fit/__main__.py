@@ -48,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(to_yaml(config), end="")
         return 0
     if args.cv:
+        from lightning_fusion.cli import stop_on_sigterm
         from lightning_fusion.fit.crossval import cross_validate
+
+        stop_on_sigterm()  # SIGTERM ends the cross-validation's parent run KILLED instead of leaving it RUNNING
 
         code, cv_result = run_reporting_input_errors(lambda: cross_validate(config, args.cv, args.cv_repeats))
         if cv_result is not None:

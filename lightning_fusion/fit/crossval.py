@@ -12,6 +12,7 @@ cross-validated table (what the MLflow UI shows first; a saved view of the UI li
 the out-of-fold predictions (``oof_predictions.csv``: patient id, repeat, fold, true label, class
 probabilities), pooled out-of-fold metrics with bootstrap intervals (``oof/<metric>``, first repeat)
 and ``report.html``. The predefined split of a dataset is not used.
+The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (``fit --cv``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from lightning_fusion.mlflow_ui import (
     view_name,
     view_path,
 )
-from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+from lightning_fusion.tracking import RunLogger, create_run_logger, end_status, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ def cross_validate(
         oof = oof_frame(predictions, classes)
         pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
         parent.close("success")
-    except BaseException:
-        parent.close("failed")
+    except BaseException as err:
+        parent.close(end_status(err))  # KILLED by an interrupt, FAILED otherwise
         raise
     return CrossValidationResult(
         parent.run_id or "",

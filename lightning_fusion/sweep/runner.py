@@ -16,13 +16,21 @@ total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback
 MLflow: one parent run per study (tag ``lf.sweep=<study name>``, found again on resume) and a child
 run per trial, ``trial-N`` (tags ``optuna.trial``, ``optuna.state``; the trial's parameters as params
 ``trial.<path>``); the report (:mod:`lightning_fusion.sweep.report`) describes the parent.
+
+Several workers (:mod:`~lightning_fusion.sweep.workers`): each samples with its own seed, TPE with a
+constant liar, and a grid point is handed out once (:mod:`~lightning_fusion.sweep.samplers`). The
+parent run is RUNNING while the study runs (set again when a study with trials left is resumed),
+FINISHED once the study holds its total of finished trials, whichever worker gets there; otherwise
+the process that started the workers ends it: KILLED on an interrupt (Ctrl-C, SIGTERM), FAILED on an
+exception, a worker that exited non-zero, or trials that all failed. A worker leaves it RUNNING while
+a live worker elsewhere is still inside a trial: that one ends it (:func:`settle_parent`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +45,20 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_fusion.config import to_dict
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.sweep.best_metric import BestMetric
-from lightning_fusion.sweep.study import Study, grid_space, sample
+from lightning_fusion.sweep.samplers import GridOnce, build_sampler
+from lightning_fusion.sweep.study import Study, sample
 from lightning_fusion.sweep.trial import TrialJob, run_trial_process
-from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
+from lightning_fusion.sweep.workers import (
+    PROCESS_ATTR,
+    WORKER_ATTR,
+    check_worker_id_free,
+    fail_trials_of,
+    live_running_trials,
+    process_identity,
+)
+from lightning_fusion.tracking import create_run_logger, end_status, interrupt_of, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +91,6 @@ def open_storage(
     return storage, url.split("@")[-1] if "@" in url else url, url  # no password in messages
 
 
-def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
-    spec = study.spec.sampler
-    if spec.name == "grid":
-        return optuna.samplers.GridSampler(grid_space(study.spec), seed=spec.seed)
-    if spec.name == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed)
-
-
 def build_pruner(study: Study) -> optuna.pruners.BasePruner:
     spec = study.spec.pruner
     if spec.name == "median":
@@ -97,6 +106,8 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     storage: str
+    reached: bool = True  # the study holds its total of finished trials
+    stopped: str | None = None  # why this worker stopped short: "failed" (its trials failed) or "grid" (no point left)
 
 
 @dataclass
@@ -109,6 +120,10 @@ class Prepared:
     storage: str
     total: int
     storage_url: str
+    worker: int = 0
+
+    def finished(self) -> int:
+        return len(self.optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 def prepare(
@@ -118,25 +133,36 @@ def prepare(
     n_trials: int | None = None,
     tracking_uri: str | None = None,
     heartbeat: tuple[int, int] = (30, 90),
+    worker: int = 0,
 ) -> Prepared:
-    """Create or load the Optuna study and find or create its MLflow parent run.
+    """Create or load the Optuna study and find or create its MLflow parent run (RUNNING again if trials are left).
 
-    ``heartbeat`` (interval, grace period in seconds) applies to database storage only.
+    ``heartbeat`` (interval, grace period in seconds) applies to database storage only; ``worker`` is
+    this process's worker id (its sampler seed).
     """
     name = study_name or study.name
     base = study.compose({})
     uri = resolve_tracking_uri(tracking_uri or base.tracking.tracking_uri)
+    total = n_trials or study.spec.trials
+    sampler = build_sampler(study, worker)
+    if isinstance(sampler, GridOnce) and total > len(sampler.points):
+        raise ConfigError(f"--n-trials {total} exceeds the grid size {len(sampler.points)}: each point runs once")
     storage, where, resolved = open_storage(storage_url, uri, *heartbeat)
     optuna_study = optuna.create_study(
         study_name=name,
         storage=storage,
         load_if_exists=True,
         direction=study.spec.direction,
-        sampler=build_sampler(study),
+        sampler=sampler,
         pruner=build_pruner(study),
     )
     parent = _parent_run(base, name, uri, study)
-    return Prepared(optuna_study, parent, uri, where, n_trials or study.spec.trials, resolved)
+    prepared = Prepared(optuna_study, parent, uri, where, total, resolved, worker)
+    if prepared.finished() < total:  # a new study, or one resumed with trials left
+        client = MlflowClient(uri)
+        if client.get_run(parent).info.status != "RUNNING":
+            client.update_run(parent, status="RUNNING")
+    return prepared
 
 
 def run_sweep(
@@ -147,32 +173,106 @@ def run_sweep(
     tracking_uri: str | None = None,
     progress: Callable[[str], None] = log.info,
     heartbeat: tuple[int, int] = (30, 90),
+    worker: int = 0,
 ) -> SweepResult:
     """Run (or resume) the study until it holds ``n_trials`` (default: the file's ``trials``) finished trials."""
-    return optimize(study, prepare(study, storage_url, study_name, n_trials, tracking_uri, heartbeat), progress)
+    prepared = prepare(study, storage_url, study_name, n_trials, tracking_uri, heartbeat, worker)
+    return optimize(study, prepared, progress)
 
 
-def optimize(study: Study, prepared: Prepared, progress: Callable[[str], None] = log.info) -> SweepResult:
-    """Run trials of a prepared study until it holds ``prepared.total`` finished trials."""
+def optimize(
+    study: Study, prepared: Prepared, progress: Callable[[str], None] = log.info, own_parent: bool = True
+) -> SweepResult:
+    """Run trials of a prepared study until it holds ``prepared.total`` finished trials.
+
+    Reaching the total ends the parent run FINISHED. With ``own_parent`` (a worker nobody launched) this
+    worker also ends it when it stops short: FAILED (its trials failed, an exception) or KILLED (an
+    interrupt), unless a live worker elsewhere is inside a trial (:func:`settle_parent`). A worker of
+    ``--workers K`` leaves that to its launcher.
+    """
     optuna_study, total = prepared.optuna_study, prepared.total
-    finished = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
-    progress(f"study {optuna_study.study_name!r} in {prepared.storage}: {finished} of {total} trials finished")
-    objective = _objective(study, optuna_study.study_name, prepared.parent_id, prepared.tracking_uri, progress)
-    while finished < total:  # failed trials do not count: run more until the total is reached
+    me = process_identity()
+    grid = optuna_study.sampler if isinstance(optuna_study.sampler, GridOnce) else None
+    stopped = None
+    check_worker_id_free(optuna_study, prepared.worker, me)
+    try:
+        finished = prepared.finished()
+        progress(
+            f"study {optuna_study.study_name!r} in {prepared.storage}: {finished} of {total} trials finished "
+            f"(worker {prepared.worker})"
+        )
+        objective = _objective(
+            study, optuna_study.study_name, prepared.parent_id, prepared.tracking_uri, progress, prepared.worker, me
+        )
+        while finished < total:  # failed trials do not count: run more until the total is reached
+            if not _round(optuna_study, objective, total - finished, total, grid):
+                if prepared.finished() < total:
+                    progress(f"study {optuna_study.study_name!r}: every grid point is finished or running elsewhere")
+                    stopped = "grid"
+                break
+            now = prepared.finished()
+            if now == finished:
+                progress(f"study {optuna_study.study_name!r}: every trial of the last round failed; stopping")
+                stopped = "failed"
+                break
+            finished = now
+    except BaseException as err:
+        if own_parent:
+            settle_parent(prepared, end_status(err), progress, [me])
+        raise
+    client = MlflowClient(prepared.tracking_uri)
+    _close_failed_runs(client, prepared.parent_id, optuna_study)
+    reached = prepared.finished() >= total
+    if reached:
+        client.set_terminated(prepared.parent_id, "FINISHED")
+    elif own_parent:
+        settle_parent(prepared, "FAILED", progress, [me])
+    return SweepResult(optuna_study, prepared.parent_id, prepared.tracking_uri, prepared.storage, reached, stopped)
+
+
+def _round(optuna_study: optuna.Study, objective, n: int, total: int, grid: GridOnce | None) -> bool:
+    """Up to ``n`` trials; ``False`` if a grid worker found no open point (it asks for no trial then)."""
+    for _ in range(n if grid is not None else 1):
+        if grid is not None and grid.reserve(optuna_study) is None:
+            return False
         optuna_study.optimize(
             objective,
-            n_trials=total - finished,
+            n_trials=1 if grid is not None else n,
             callbacks=[MaxTrialsCallback(total, states=FINISHED_STATES)],
             catch=(Exception,),
             gc_after_trial=True,
         )
-        now = len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES))
-        if now == finished:
-            progress(f"study {optuna_study.study_name!r}: every trial of the last round failed; stopping")
+        if len(optuna_study.get_trials(deepcopy=False, states=FINISHED_STATES)) >= total:
             break
-        finished = now
-    _close_failed_runs(MlflowClient(prepared.tracking_uri), prepared.parent_id, optuna_study)
-    return SweepResult(optuna_study, prepared.parent_id, prepared.tracking_uri, prepared.storage)
+    return True
+
+
+def settle_parent(
+    prepared: Prepared, status: str, progress: Callable[[str], None] = log.info, mine: Iterable[str] = ()
+) -> str:
+    """End the parent run with ``status`` (``FINISHED`` if the study reached its total meanwhile) and return
+    the status set, or ``RUNNING``: a live worker other than the processes ``mine`` is inside a trial and
+    ends the parent itself."""
+    client = MlflowClient(prepared.tracking_uri)
+    if prepared.finished() >= prepared.total:
+        status = "FINISHED"
+    else:
+        others = live_running_trials(prepared.optuna_study, not_of=mine)
+        if others:
+            progress(
+                f"study {prepared.optuna_study.study_name!r}: trial(s) {[t.number for t in others]} still running in "
+                f"other workers ({sorted({str(t.user_attrs.get(PROCESS_ATTR)) for t in others})}); the parent run "
+                "stays RUNNING until a worker ends the study"
+            )
+            return "RUNNING"
+    client.set_terminated(prepared.parent_id, status)
+    return status
+
+
+def forget_workers(prepared: Prepared, identities: Iterable[str]) -> None:
+    """Trials that exited (killed) workers left RUNNING: FAIL in Optuna, their MLflow runs FAILED."""
+    if fail_trials_of(prepared.optuna_study, identities):
+        _close_failed_runs(MlflowClient(prepared.tracking_uri), prepared.parent_id, prepared.optuna_study)
 
 
 def _close_failed_runs(client: MlflowClient, parent_id: str, optuna_study: optuna.Study) -> None:
@@ -221,11 +321,15 @@ def _parent_run(base, name: str, uri: str, study: Study) -> str:
     return logger.run_id or ""
 
 
-def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Callable[[str], None]):
+def _objective(
+    study: Study, name: str, parent_id: str, uri: str, progress: Callable[[str], None], worker: int, me: str
+):
     spec = study.spec
     client = MlflowClient(uri)
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)
+        trial.set_user_attr(PROCESS_ATTR, me)
         params = sample(trial, spec)
         config = study.compose(params, {"tracking.tracking_uri": uri})
         progress(f"trial {trial.number}: {params}")
@@ -241,8 +345,13 @@ def _objective(study: Study, name: str, parent_id: str, uri: str, progress: Call
             trial.set_user_attr("epochs", sum(b.epochs for b in bests))
             _mark(client, parent_id, trial.number, "PRUNED", params, bests)
             raise
-        except BaseException:
-            _mark(client, parent_id, trial.number, "FAIL", params, bests)
+        except BaseException as err:
+            interrupt = interrupt_of(err)
+            _mark(client, parent_id, trial.number, "FAIL", params, bests, interrupted=interrupt is not None)
+            if interrupt is not None and not isinstance(err, KeyboardInterrupt):
+                # Lightning turns an interrupt into SystemExit, which Optuna does not catch: the trial would
+                # stay RUNNING. Optuna marks a trial that a KeyboardInterrupt ends FAIL and re-raises it.
+                raise (type(interrupt) if isinstance(interrupt, KeyboardInterrupt) else KeyboardInterrupt)() from err
             raise
         trial.set_user_attr("epochs", sum(b.epochs for b in bests))
         _mark(client, parent_id, trial.number, "COMPLETE", params, bests)
@@ -341,9 +450,15 @@ def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: d
 
 
 def _mark(
-    client: MlflowClient, parent_id: str, number: int, state: str, params: dict[str, Any], bests: list[BestMetric]
+    client: MlflowClient,
+    parent_id: str,
+    number: int,
+    state: str,
+    params: dict[str, Any],
+    bests: list[BestMetric],
+    interrupted: bool = False,
 ) -> None:
-    """Tag the trial's child runs with its Optuna state and parameters (a pruned run ends KILLED)."""
+    """Tag the trial's child runs with its Optuna state and parameters (a pruned or interrupted run ends KILLED)."""
     parent = client.get_run(parent_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
@@ -358,8 +473,17 @@ def _mark(
         values = [b.best for b in bests if b.best is not None]
         if values:
             client.log_metric(run_id, "trial/best_value", sum(values) / len(values))
-        if state == "PRUNED" and run.info.status != "FINISHED":  # the run the pruner interrupted
+        if (state == "PRUNED" or interrupted) and run.info.status != "FINISHED":  # the run the pruner/signal stopped
             client.set_terminated(run_id, "KILLED")
 
 
-__all__ = ["BestMetric", "SweepResult", "open_storage", "optimize", "prepare", "run_sweep"]
+__all__ = [
+    "BestMetric",
+    "SweepResult",
+    "open_storage",
+    "optimize",
+    "prepare",
+    "run_sweep",
+    "settle_parent",
+    "forget_workers",
+]

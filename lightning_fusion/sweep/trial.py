@@ -90,14 +90,23 @@ def run_trial_process(job: TrialJob, report: Any = None) -> dict[str, Any]:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        with os.fdopen(from_child_r) as requests, os.fdopen(to_child_w, "w") as replies:
-            for line in requests:  # ends when the trial process exits (it holds the only write end)
-                message = json.loads(line)
-                prune = bool(report(message["step"], message["value"])) if report else False
-                with contextlib.suppress(BrokenPipeError):
-                    replies.write(json.dumps({"prune": prune}) + "\n")
-                    replies.flush()
-        code = process.wait()
+        try:
+            with os.fdopen(from_child_r) as requests, os.fdopen(to_child_w, "w") as replies:
+                for line in requests:  # ends when the trial process exits (it holds the only write end)
+                    message = json.loads(line)
+                    prune = bool(report(message["step"], message["value"])) if report else False
+                    with contextlib.suppress(BrokenPipeError):
+                        replies.write(json.dumps({"prune": prune}) + "\n")
+                        replies.flush()
+            code = process.wait()
+        except BaseException:  # an interrupted or failing worker stops its trial's training too
+            process.terminate()  # SIGTERM: the trial process ends its MLflow run, Lightning stops its ranks
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
         result = json.loads(Path(job.result_path).read_text()) if Path(job.result_path).exists() else {}
     if code != 0 or "error" in result or "best" not in result:
         reason = result.get("error") or f"exit code {code}"
@@ -217,8 +226,9 @@ def run_job(job: TrialJob, channel_spec: str | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from lightning_fusion.cli import log_to_stderr
+    from lightning_fusion.cli import log_to_stderr, stop_on_sigterm
 
+    stop_on_sigterm()  # the worker stops a trial with SIGTERM: end the run instead of dying with it RUNNING
     argv = sys.argv[1:] if argv is None else argv
     channel = os.environ.pop(CHANNEL_ENV, None)  # the ranks Lightning starts from here do not inherit it
     job = TrialJob(**json.loads(Path(argv[0]).read_text()))

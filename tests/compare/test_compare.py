@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import signal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from lightning_fusion.compare.procedures import (
 from lightning_fusion.config import load_config
 from lightning_fusion.errors import ConfigError
 from tests.conftest import small_overrides
+from tests.interrupts import all_runs, interrupt_while_training, lightning_style_interrupt, raise_or_call
 
 FUSIONS = "concat,late_weighted,stacking,ensemble_mean"
 
@@ -165,6 +168,35 @@ def test_a_failing_model_marks_the_parent_failed(small_cohort, mlflow_store, mon
     parent = next(r for r in runs if r.data.tags.get("lf.compare") == "true")
     assert parent.info.status == "FAILED"
     assert [r.info.status for r in runs if r is not parent] == ["FINISHED"]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, lightning_style_interrupt], ids=["ctrl-c", "ctrl-c-in-trainer"])
+def test_an_interrupt_marks_the_parent_killed(small_cohort, mlflow_store, monkeypatch, stop):
+    config = load_config(None, small_overrides(small_cohort, **{"trainer.max_epochs": 1}))
+
+    def stop_training(*args, **kwargs):
+        raise_or_call(stop)
+
+    monkeypatch.setattr(comparison, "fit", stop_training)
+    with pytest.raises(BaseException) as raised:
+        comparison.run_comparison(config, "concat", progress=lambda _: None)
+    assert isinstance(raised.value, (KeyboardInterrupt, SystemExit))
+    _, runs = _runs(mlflow_store["uri"])
+    assert [r.info.status for r in runs if r.data.tags.get("lf.compare") == "true"] == ["KILLED"]
+
+
+def test_sigterm_ends_the_compare_command_and_its_runs(small_cohort, mlflow_store):
+    argv = ["lightning_fusion.compare", "--fusions", "concat"] + [
+        f"--{k}={json.dumps(v) if isinstance(v, dict) else v}"
+        for k, v in small_overrides(small_cohort, **{"trainer.max_epochs": 500}).items()
+    ]
+    code = interrupt_while_training(
+        argv, mlflow_store["uri"], signal.SIGTERM, lambda runs: any("lf.model_kind" in r.data.tags for r in runs)
+    )
+    assert code == 143
+    runs = all_runs(mlflow_store["uri"])
+    assert [r.info.status for r in runs if r.data.tags.get("lf.compare") == "true"] == ["KILLED"]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
 def test_bad_requests_are_config_errors_before_any_run(small_cohort, mlflow_store, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from lightning_fusion.data.splits import cross_validation_folds
 from lightning_fusion.errors import DataError, LeakageError
 from lightning_fusion.fit import __main__ as fit_cli
 from tests.conftest import small_overrides
+from tests.interrupts import all_runs, interrupt_while_training, lightning_style_interrupt, raise_or_call
 
 
 def _records(n_patients=40, seed=0):
@@ -104,6 +106,39 @@ def test_fit_cv_records_folds_oof_predictions_and_aggregates(small_cohort, mlflo
     assert json.loads(view["state"])["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent_id}'"
     assert f"  folds: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in out
     assert f"viewStateShareKey=lf-{parent_id}\n  summary: " in out
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"),
+    [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED"), (lightning_style_interrupt, "KILLED")],
+    ids=["error", "ctrl-c", "ctrl-c-in-trainer"],
+)
+def test_the_cv_parent_run_ends_failed_on_an_error_and_killed_on_an_interrupt(
+    small_cohort, mlflow_store, monkeypatch, stop, status
+):
+    from lightning_fusion.fit import crossval
+
+    def stop_training(*args, **kwargs):
+        raise_or_call(stop)
+
+    monkeypatch.setattr(crossval, "fit", stop_training)
+    config = load_config(None, small_overrides(small_cohort, **{"trainer.max_epochs": 1}))
+    with pytest.raises(BaseException) as raised:
+        crossval.cross_validate(config, 3, progress=lambda _: None)
+    assert isinstance(raised.value, (RuntimeError, KeyboardInterrupt, SystemExit))
+    runs = all_runs(mlflow_store["uri"])
+    assert [r.info.status for r in runs if r.data.tags.get("lf.cv") == "3"] == [status]
+
+
+def test_sigterm_ends_fit_cv_and_its_runs(small_cohort, mlflow_store):
+    argv = ["lightning_fusion.fit", "--cv", "3"] + [
+        f"--{k}={json.dumps(v) if isinstance(v, dict) else v}"
+        for k, v in small_overrides(small_cohort, **{"trainer.max_epochs": 500}).items()
+    ]
+    interrupt_while_training(argv, mlflow_store["uri"], signal.SIGTERM, lambda runs: len(runs) >= 2)
+    runs = all_runs(mlflow_store["uri"])
+    assert [r.info.status for r in runs if r.data.tags.get("lf.cv") == "3"] == ["KILLED"]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
 def test_fit_cv_argument_errors(capsys):

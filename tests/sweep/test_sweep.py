@@ -135,6 +135,7 @@ def test_sweep_runs_prunes_and_resumes(tmp_path, small_cohort, mlflow_store):
     assert len(states) == 6 and "PRUNED" in states and set(states) <= {"COMPLETE", "PRUNED"}
     client, runs = _runs(mlflow_store["uri"])
     parent = next(r for r in runs if r.data.tags.get("lf.sweep_parent") == "true")
+    assert parent.info.status == "FINISHED"  # the study reached its total
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(6))  # no trial run twice
     assert all(r.info.run_name == f"trial-{r.data.tags['optuna.trial']}" for r in children)
@@ -185,7 +186,7 @@ def test_cli_with_two_workers_shares_one_storage(tmp_path, small_cohort, mlflow_
     numbers = [r.data.tags["optuna.trial"] for r in runs if "optuna.trial" in r.data.tags]
     assert len(numbers) == len(set(numbers)) == len(trials)  # one run per trial, none run twice
     parents = [r for r in runs if r.data.tags.get("lf.sweep_parent") == "true"]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep_report.md", "sweep_trials.csv", "sweep_summary.json", "study.yaml"} <= artifacts
     summary = json.loads(open(client.download_artifacts(parents[0].info.run_id, "sweep_summary.json")).read())
@@ -203,6 +204,8 @@ def test_postgres_storage_two_workers(tmp_path, small_cohort, mlflow_store, post
     _, runs = _runs(mlflow_store["uri"])
     numbers = [r.data.tags["optuna.trial"] for r in runs if r.data.tags.get("optuna.study") == "pg_two_workers"]
     assert len(numbers) == len(set(numbers)) == len(trials)
+    assert len({tuple(t.params.items()) for t in trials}) == len(trials)  # each worker samples with its own seed
+    assert [r.info.status for r in runs if r.data.tags.get("lf.sweep_parent") == "true"] == ["FINISHED"]
 
 
 def test_postgres_killed_worker_trial_is_failed_and_retried(tmp_path, small_cohort, mlflow_store, postgres_url):
