@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_fusion.config import ExperimentConfig, resolve, to_dict
+from lightning_fusion.data.batch_transforms import BatchAugment
+from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
 from lightning_fusion.models import ModalitySpec, build_model
 
@@ -65,11 +67,42 @@ class FusionLitModule(L.LightningModule):
         # trained model predicts on new patients exactly as on its test set (lightning_fusion.predict.trained_model).
         self.preprocessing: dict[str, dict[str, Any]] = {}
         self.data_splits: dict[str, list[str]] = {}  # the run's split (patient ids), so predict can flag them
+        # The device pipeline's batches arrive as loaded (uint8 images); each kind finishes its own
+        # (lightning_fusion.data.kinds.base.ModalityKind.finish_batch), augmenting in training_step only.
+        self.kinds = {m: KINDS.get(s["kind"]) for m, s in specs.items()}
+        augment = self.experiment_config.data.augment
+        self.batch_augment = BatchAugment(augment) if augment.enabled else None
+        self.channels_last = False  # set by setup() from trainer.channels_last
+        self._compiled = False
 
     # ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Memory layout and compilation for the device the Trainer chose (trainer.channels_last, trainer.compile)."""
+        options = self.experiment_config.trainer
+        cuda = self.trainer.strategy.root_device.type == "cuda"
+        wanted = options.channels_last if options.channels_last is not None else cuda
+        if wanted and not self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights only: the image encoders' convolutions
+        self.channels_last = wanted
+        if options.compile and not self._compiled:
+            self.model.compile()  # in place: the state_dict keys, so checkpoints, stay the same
+            self._compiled = True
+
+    def finish_batch(self, batch: Mapping[str, Any], augment: bool = False) -> dict[str, Any]:
+        """The batch with each modality as the network takes it: ``uint8`` images to float (and augmented
+        with ``augment``, training only), in the model's memory layout. Batches already finished (the
+        per-sample pipeline, prediction) pass through unchanged but for the layout."""
+        augmentation = self.batch_augment if augment else None
+        finished = dict(batch)
+        for modality, kind in self.kinds.items():
+            if modality in batch:
+                finished[modality] = kind.finish_batch(batch[modality], augmentation, self.channels_last)
+        return finished
+
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Class logits ``(B, K)`` for a batch dict holding (at least) the model's modalities."""
-        return self.model({m: batch[m] for m in self.modalities if m in batch} | _present(batch))
+        batch = self.finish_batch({m: batch[m] for m in self.modalities if m in batch}) | _present(batch)
+        return self.model(batch)
 
     def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self(batch)
@@ -77,7 +110,7 @@ class FusionLitModule(L.LightningModule):
         return loss, logits.float().softmax(dim=1), batch["label"]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._step(batch)
+        loss, _, _ = self._step(self.finish_batch(batch, augment=True))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))

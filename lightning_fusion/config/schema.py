@@ -96,6 +96,9 @@ class SignalConfig:
             raise UnknownNameError(suggest(self.normalise, choices, "signal normalisation"))
 
 
+PIPELINES = ("auto", "device", "per_sample")  # DataConfig.pipeline
+
+
 @dataclass
 class DataConfig:
     """Which dataset, where it is, and how it becomes batches."""
@@ -108,7 +111,15 @@ class DataConfig:
     keep_missing_modalities: bool = False
     image_size: int = 64  # images are resized to image_size x image_size pixels
     batch_size: int = 32  # samples per batch
-    num_workers: int = 0  # DataLoader worker processes
+    # DataLoader worker processes (kept alive between epochs); auto: 0 on the CPU (training uses every
+    # core), else the usable cores per training process on the machine, less one, at most 8
+    num_workers: int | str = "auto"
+    # how images become batches. device: whole uint8 batches gathered at once and moved as they are;
+    # converted to float and augmented for the whole batch on the training device. per_sample: each
+    # image converted (and augmented, with albumentations) in the loader. auto: device on a GPU or
+    # other accelerator, per_sample on the CPU (as fast there; docs/hardware.md)
+    pipeline: str = "auto"
+    pin_memory: bool | None = None  # page-locked host batches for faster, asynchronous copies; None: on CUDA
     split: SplitConfig = field(default_factory=SplitConfig)  # patient-level split
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training image augmentation
     tabular: TabularConfig = field(default_factory=TabularConfig)  # tabular preprocessing
@@ -119,8 +130,10 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise ValueError(f"num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
+        if self.pipeline not in PIPELINES:
+            raise UnknownNameError(suggest(self.pipeline, list(PIPELINES), "data pipeline"))
 
 
 @dataclass
@@ -204,12 +217,21 @@ class TrainerConfig:
     fast_dev_run: bool = False  # one batch of each split, for a quick check
     limit_train_batches: float | None = None  # a fraction (or count) of training batches per epoch
     log_every_n_steps: int = 1  # metrics are logged per epoch; this only sets Lightning's step cadence
+    # image encoders and batches in channels-last memory layout (faster convolutions on tensor cores);
+    # None: on for CUDA
+    channels_last: bool | None = None
+    # torch.backends.cudnn.benchmark: time the convolution algorithms on the first batches of each
+    # shape, keep the fastest; None: on unless deterministic
+    cudnn_benchmark: bool | None = None
+    compile: bool = False  # torch.compile the model (slow first steps, then faster; state_dict keys unchanged)
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.deterministic and self.cudnn_benchmark:
+            raise ValueError("cudnn_benchmark true picks algorithms by timing, which deterministic true forbids")
         if self.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
             # Spawned workers keep the test predictions to themselves; the run's artifacts need them.
             raise ValueError(f"strategy {self.strategy!r} is not supported by fit; use 'ddp' (one process per device)")

@@ -8,18 +8,21 @@ before any training or tracking starts.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
 from lightning_fusion.config import DataConfig
 from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
-from lightning_fusion.data.dataset import MultimodalDataset
+from lightning_fusion.data.dataset import BatchedSamples, MultimodalDataset, collated
 from lightning_fusion.data.kinds import KINDS, kind_of
 from lightning_fusion.data.kinds.base import Preprocessor
 from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
@@ -191,17 +194,28 @@ class MultimodalDataModule(L.LightningDataModule):
         if not self.datasets:
             raise RuntimeError("call setup() first")
 
+    def loader_settings(self) -> LoaderSettings:
+        """``data.pipeline``, ``num_workers`` and ``pin_memory`` resolved for the Trainer's device."""
+        strategy = getattr(self.trainer, "strategy", None)
+        device = getattr(getattr(strategy, "root_device", None), "type", "cpu")
+        local_processes = int(getattr(self.trainer, "num_devices", 1) or 1)
+        return resolve_loader_settings(self.config, device, local_processes)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Under DDP each process sees its share of the split (Lightning's DistributedSampler): drop the
         # last partial batch only when that share holds more than one batch, or a process trains nothing.
         processes = self.trainer.world_size if self.trainer is not None else 1
         per_process = -(-len(self.datasets[split]) // processes)
+        settings = self.loader_settings()
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            BatchedSamples(dataset) if settings.pipeline == "device" else dataset,
             batch_size=self.config.batch_size,
             shuffle=shuffle,
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
+            num_workers=settings.num_workers,
+            persistent_workers=settings.num_workers > 0,
+            pin_memory=settings.pin_memory,
+            collate_fn=collated if settings.pipeline == "device" else None,
             drop_last=shuffle and per_process > self.config.batch_size,
         )
 
@@ -213,6 +227,34 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a split's batches are made on this machine (``DataConfig`` with ``auto`` resolved)."""
+
+    pipeline: str  # device | per_sample
+    num_workers: int
+    pin_memory: bool
+
+
+def resolve_loader_settings(data: DataConfig, device: str, local_processes: int = 1) -> LoaderSettings:
+    """``data.pipeline``, ``num_workers`` and ``pin_memory`` for training on ``device`` (``cpu``, ``cuda``, ...)
+    with ``local_processes`` training processes on this machine (DDP ranks per node).
+
+    ``auto`` workers: 0 on the CPU, where the training's own threads already use every core; else
+    the cores this process may use (its CPU affinity) shared among the local processes, less one for
+    the training process itself, at most 8.
+    """
+    accelerator = device != "cpu"
+    pipeline = data.pipeline if data.pipeline != "auto" else ("device" if accelerator else "per_sample")
+    if data.num_workers == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(8, max(0, cores // max(1, local_processes) - 1)) if accelerator else 0
+    else:
+        workers = int(data.num_workers)
+    pin = data.pin_memory if data.pin_memory is not None else device == "cuda"
+    return LoaderSettings(pipeline, workers, bool(pin) and torch.cuda.is_available())
 
 
 def with_placeholders(

@@ -65,6 +65,48 @@ class MultimodalDataset(Dataset):
         sample["patient_id"] = self.patient_ids[index]
         return sample
 
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The samples at ``indices`` as one batch, gathered at once: what the ``device`` pipeline's loader yields.
+
+        Keys, dtypes and order as ``default_collate`` of :meth:`__getitem__`, but each modality in its
+        kind's transfer layout (:meth:`~lightning_fusion.data.kinds.base.ModalityKind.batch_rows`:
+        images stay ``uint8`` ``(B, C, H, W)``) and nothing augmented: the training device finishes
+        the batch (:meth:`~lightning_fusion.data.kinds.base.ModalityKind.finish_batch`).
+        """
+        rows = np.asarray(indices, dtype=np.int64)
+        batch: dict[str, Any] = {m: self._kinds[m].batch_rows(values, rows) for m, values in self.arrays.items()}
+        if self.present:
+            batch["present"] = {m: torch.from_numpy(flags[rows]) for m, flags in self.present.items()}
+        batch["label"] = torch.from_numpy(self.labels[rows])
+        batch["index"] = torch.from_numpy(rows)
+        batch["patient_id"] = [self.patient_ids[i] for i in rows]
+        return batch
+
+
+class BatchedSamples(Dataset):
+    """A :class:`MultimodalDataset` whose loader fetches each batch in one call (``__getitems__``).
+
+    Use with ``collate_fn=`` :func:`collated`: the batch is already whole. Indexing one sample gives
+    a batch of one.
+    """
+
+    def __init__(self, dataset: MultimodalDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset.batch([index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        return self.dataset.batch(indices)
+
+
+def collated(batch: dict[str, Any]) -> dict[str, Any]:
+    """The ``collate_fn`` of :class:`BatchedSamples`: the batch as fetched."""
+    return batch
+
 
 def collate_arrays(
     arrays: Mapping[str, np.ndarray],

@@ -30,6 +30,7 @@ from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.explain.attributions import tabular_attributions
 from lightning_fusion.explain.cam import grad_cam, save_png, view_overlays
 from lightning_fusion.explain.contributions import modality_contributions
+from lightning_fusion.explain.inputs import inspecting
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def explain_patients(
     batch = _to(images, module.device)
     classes = list(module.classes)
     summary: dict[str, Any] = {"patients": list(patient_ids), "classes": classes, "written": [], "skipped": {}}
-    with torch.inference_mode():
+    with inspecting(module), torch.no_grad():  # eval mode: fit hands over the module in training mode
         probs = module(batch).float().softmax(dim=1).cpu().numpy()
     predicted = probs.argmax(axis=1)
     summary["predicted"] = [classes[i] for i in predicted]

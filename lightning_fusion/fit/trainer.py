@@ -73,6 +73,7 @@ def build_trainer(
             num_nodes=trainer.num_nodes,
             precision=auto_precision(trainer),
             deterministic=trainer.deterministic,
+            benchmark=trainer.cudnn_benchmark if trainer.cudnn_benchmark is not None else not trainer.deterministic,
             gradient_clip_val=trainer.gradient_clip_val,
             fast_dev_run=trainer.fast_dev_run,
             limit_train_batches=trainer.limit_train_batches,

@@ -372,3 +372,19 @@ def test_modality_contributions_need_two_modalities(cohort):
     _, _, batch = cohort
     with pytest.raises(ValueError, match=r"need a model with >= 2 modalities; this one has \['image'\]"):
         modality_contributions(_module(cohort, ["image"], "concat"), batch)
+
+
+def test_explain_patients_predicts_in_eval_mode_whatever_mode_fit_left(cohort, tmp_path):
+    """fit hands over its module in training mode: the predicted class (the explained target) must be
+    the eval-mode one (dropout off, BatchNorm's running statistics), and one patient alone must work."""
+    from lightning_fusion.explain.files import explain_patients
+
+    _, datamodule, _ = cohort
+    module = _module(cohort, ["image", "tabular"], "concat")
+    test = datamodule.datasets["test"]
+    arrays = {m: test.arrays[m][:1] for m in module.modalities}
+    module.eval()
+    expected = explain_patients(module, test.patient_ids[:1], arrays, {}, tmp_path / "eval")["predicted"]
+    module.train()
+    summary = explain_patients(module, test.patient_ids[:1], arrays, {}, tmp_path / "train")  # BatchNorm of 1
+    assert summary["predicted"] == expected and module.training

@@ -9,6 +9,9 @@ that data becomes a model input and back. Three layouts of the same sample appea
 * the *array* layout: one row of what :meth:`ModalityKind.load` returns (images ``(H, W, C)``
   ``uint8``, the rest as in the network), :attr:`ModalityKind.input_dtype`; what the data module
   holds, what prediction and explanation batch (:meth:`ModalityKind.to_tensor`);
+* the *transfer* layout: a batch as the ``device`` pipeline's loader gathers it and moves it to the
+  training device (:meth:`ModalityKind.batch_rows`; images stay ``uint8``), which
+  :meth:`ModalityKind.finish_batch` turns into network samples there;
 * the *served* layout: one row of what a REST client sends before any fitted preprocessing
   (:meth:`ModalityKind.served_shape`, :attr:`ModalityKind.served_dtype`).
 
@@ -91,6 +94,24 @@ class ModalityKind(ABC):
     def to_tensor(self, value: np.ndarray, augmentation: Callable[..., dict[str, Any]] | None = None) -> torch.Tensor:
         """One array row → one ``float32`` network sample (``augmentation`` is for kinds that have one)."""
         return torch.tensor(value, dtype=torch.float32)
+
+    def batch_rows(self, values: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Array rows ``values[rows]`` → one batch as the ``device`` pipeline's loader hands it over.
+
+        The *transfer* layout: by default the network layout, ``float32``, equal to stacking
+        :meth:`to_tensor` of each row without augmentation.
+        """
+        return torch.from_numpy(np.asarray(values[rows], dtype=np.float32))
+
+    def finish_batch(
+        self, batch: torch.Tensor, augmentation: Callable[[torch.Tensor], torch.Tensor] | None, channels_last: bool
+    ) -> torch.Tensor:
+        """A batch on the training device (transfer or network layout) → the network batch.
+
+        ``augmentation`` (training only) is for kinds whose transfer layout is unaugmented; the default
+        (transfer layout = network layout) returns the batch as it is.
+        """
+        return batch
 
     def placeholder(self, count: int, sample_shape: Sequence[int]) -> np.ndarray:
         """``(count, *array_shape)`` zeros of :attr:`input_dtype`: the rows of patients who lack the modality."""

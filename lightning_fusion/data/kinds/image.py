@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightning_fusion.data.batch_transforms import images_to_float
 from lightning_fusion.data.kinds.base import ModalityKind
 from lightning_fusion.data.kinds.registry import KINDS
 from lightning_fusion.data.kinds.upload import PATIENT, ModalityInput, UploadReading, clean_message
@@ -54,6 +55,21 @@ class ImageKind(ModalityKind):
         if augmentation is not None:
             value = augmentation(image=value)["image"]
         return image_to_tensor(value)
+
+    def batch_rows(self, values: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """``(B, H, W, C)`` ``uint8`` rows → ``(B, C, H, W)`` ``uint8``: a view with channels-last strides (no copy)."""
+        return torch.from_numpy(np.ascontiguousarray(values[rows])).permute(0, 3, 1, 2)
+
+    def finish_batch(
+        self, batch: torch.Tensor, augmentation: Callable[[torch.Tensor], torch.Tensor] | None, channels_last: bool
+    ) -> torch.Tensor:
+        """``uint8`` batches → ``float32`` in [0, 1] (the values :meth:`to_tensor` gives), augmented when
+        given; float batches (already converted) unchanged. Either way in the model's memory layout."""
+        if batch.dtype == torch.uint8:
+            batch = images_to_float(batch)
+            if augmentation is not None:
+                batch = augmentation(batch)
+        return batch.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def from_served(self, value: Any, preprocessor: Any, modality: str) -> np.ndarray:
         """``(N, H, W, C)`` whole numbers 0-255 (JSON gives int64) → ``uint8``."""
