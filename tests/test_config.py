@@ -240,6 +240,12 @@ RULE_CASES = [
         r"data\.sampler balanced .* set optim\.class_weights false",
         {"data.sampler": "balanced", "optim.class_weights": False},
     ),
+    (
+        "fitted_threshold_needs_one_process",
+        {"evaluation.threshold": "youden", "trainer.devices": 2},
+        r"evaluation\.threshold youden is fitted on validation predictions .* set trainer\.devices 1",
+        {"evaluation.threshold": "youden", "trainer.devices": 1},
+    ),
 ]
 
 

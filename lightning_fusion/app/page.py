@@ -55,6 +55,7 @@ figcaption { font-size: .85rem; color: #555; } button { font-size: 1rem; padding
 <h2>Prediction{% if patient_id %} for <span id="patient-id">{{ patient_id }}</span>{% endif %}</h2>
 <p id="predicted">Predicted class: <strong id="predicted-class">{{ result.predicted }}</strong>
 ({{ "%.1f" | format(100 * result.probabilities[result.predicted]) }} %)</p>
+<p id="decision" class="muted">Decision: {{ result.decision }}</p>
 <table id="probabilities">
 <tr><th>class</th><th>probability</th><th></th></tr>
 {% for name, p in result.probabilities.items() %}

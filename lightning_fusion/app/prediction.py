@@ -39,6 +39,7 @@ class PatientPrediction:
     predicted: str
     probabilities: dict[str, float]
     cams: list[CamResult]
+    decision: str = ""  # how the class was chosen: a binary model's threshold, else the most probable class
 
 
 def predict_patient(
@@ -53,7 +54,7 @@ def predict_patient(
     (Grad-CAM hooks the model): callers serialise calls on one model.
     """
     probabilities = model.predict_arrays(arrays, present or None)[0]
-    predicted = int(np.argmax(probabilities))
+    predicted = int(model.predicted_indices(probabilities[None])[0])  # at the model's operating point
     kinds = {m: spec["kind"] for m, spec in model.specs.items()}
     batch = collate_arrays(arrays, kinds, present)
     absent = {m for m, flags in (present or {}).items() if not flags[0]}
@@ -69,7 +70,16 @@ def predict_patient(
         predicted=model.classes[predicted],
         probabilities={name: float(p) for name, p in zip(model.classes, probabilities)},
         cams=cams,
+        decision=_decision(model),
     )
+
+
+def _decision(model: TrainedModel) -> str:
+    point = model.operating_point
+    if point is None:
+        return "the most probable class"
+    fitted = "chosen on validation patients" if point.fitted_on == "validation" else "fixed"
+    return f"{point.positive_class} when its probability is at least {point.threshold:.3f} ({point.method}, {fitted})"
 
 
 def _cam(model: TrainedModel, batch: dict, item: ModalityInput, target: int) -> CamResult:

@@ -93,6 +93,7 @@ def create_app(model: TrainedModel, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         }
         return jsonify(
             predicted=result.predicted,
+            decision=result.decision,
             probabilities=result.probabilities,
             patient_id=patient.patient_id,
             notes=patient.notes,

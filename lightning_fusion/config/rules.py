@@ -100,6 +100,15 @@ def backbone_warmup_needs_one_process(config: ExperimentConfig) -> None:
             )
 
 
+def fitted_threshold_needs_one_process(config: ExperimentConfig) -> None:
+    """``evaluation.threshold`` youden / sensitivity fits on validation predictions gathered in one process."""
+    if config.evaluation.threshold != "fixed" and config.trainer.several_processes:
+        raise ConfigError(
+            f"evaluation.threshold {config.evaluation.threshold} is fitted on validation predictions gathered in "
+            "one process; set trainer.devices 1, or evaluation.threshold fixed for a DDP run"
+        )
+
+
 def schedule_and_loss_are_registered(config: ExperimentConfig) -> None:
     """``optim.schedule`` and ``optim.loss`` name registered ones (checked here: their registries import torch)."""
     from lightning_fusion.errors import UnknownNameError
@@ -131,6 +140,7 @@ RULES: tuple[Callable[[ExperimentConfig], None], ...] = (
     backbone_warmup_needs_one_process,
     schedule_and_loss_are_registered,
     balanced_sampler_replaces_class_weights,
+    fitted_threshold_needs_one_process,
 )
 
 

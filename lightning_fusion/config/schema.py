@@ -188,6 +188,7 @@ class ModelConfig:
             raise ValueError(f"modalities has duplicates: {self.modalities}")
 
 
+THRESHOLDS = ("youden", "sensitivity", "fixed")  # EvaluationConfig.threshold
 MONITORED = {"val/loss": "min", "val/auroc": "max", "val/balanced_accuracy": "max"}  # metric → mode
 WEIGHT_AVERAGING = ("none", "ema", "swa")  # OptimConfig.weight_averaging
 
@@ -213,8 +214,9 @@ class OptimConfig:
     loss: str = "cross_entropy"  # cross_entropy | focal (Lin et al., 2017)
     focal_gamma: float = 2.0  # focal: focusing exponent; 0 is cross-entropy
     label_smoothing: float = 0.0  # share of each target spread over all classes (0: none)
-    # none | ema (exponential moving average of the weights, every step) | swa (Lightning's
-    # StochasticWeightAveraging from swa_start); the averaged weights are validated, checkpointed and tested
+    # none | ema (exponential moving average of the weights, every step) | swa (equal average of the weights
+    # of every epoch from swa_start on); Lightning's WeightAveraging: the averaged weights are validated,
+    # checkpointed and tested
     weight_averaging: str = "none"
     ema_decay: float = 0.999  # ema: weight of the running average per step
     swa_start: float = 0.75  # swa: fraction of max_epochs after which weights are averaged
@@ -308,6 +310,12 @@ class EvaluationConfig:
     calibration_bins: int = 15  # bins of the reliability diagram and ECE
     temperature_scaling: bool = False  # fit one temperature on validation predictions; report calibrated too
     explain_patients: int = 4  # explanations (Grad-CAM, attributions, modality drops) of the first N test patients
+    # binary models' decision threshold on the second class's probability, used by the test report, predict,
+    # serving and the web page: fixed (fixed_threshold) | youden (max sensitivity + specificity on validation)
+    # | sensitivity (the most specific point reaching target_sensitivity on validation)
+    threshold: str = "fixed"
+    target_sensitivity: float = 0.9  # sensitivity: the validation sensitivity the threshold must reach
+    fixed_threshold: float = 0.5  # fixed: the threshold (0.5: the more probable class)
 
     def __post_init__(self) -> None:
         if self.bootstrap_resamples < 1000:
@@ -318,6 +326,12 @@ class EvaluationConfig:
             raise ValueError(f"calibration_bins must be >= 2, got {self.calibration_bins}")
         if self.explain_patients < 0:
             raise ValueError(f"explain_patients must be >= 0, got {self.explain_patients}")
+        if self.threshold not in THRESHOLDS:
+            raise UnknownNameError(suggest(self.threshold, list(THRESHOLDS), "decision threshold"))
+        if not 0 < self.target_sensitivity <= 1:
+            raise ValueError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        if not 0 < self.fixed_threshold < 1:
+            raise ValueError(f"fixed_threshold must be in (0, 1), got {self.fixed_threshold}")
 
 
 @dataclass

@@ -112,6 +112,14 @@ def _print_summary(result) -> None:
             f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "
             "intervals in brackets; report.html in the run)"
         )
+    if "test/threshold" in metrics:
+        thresholded = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
+        print(
+            f"      at 0.5 / at the decision threshold {metrics['test/threshold']:.3f}: "
+            + "  ".join(
+                f"{n} {metrics[f'test/at_0.5/{n}']:.3f} / {metrics[f'test/at_threshold/{n}']:.3f}" for n in thresholded
+            )
+        )
     page = {"open": run_url(result.tracking_uri, result.experiment_id, result.run_id)}
     print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri, page)
     if result.model_logged:

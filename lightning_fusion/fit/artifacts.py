@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import confusion_matrix
 
 from lightning_fusion.config import (
@@ -17,8 +18,9 @@ from lightning_fusion.config import (
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.evaluation.report import run_report
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation, png_bytes
+from lightning_fusion.evaluation.threshold import THRESHOLDED_METRICS, OperatingPoint, operating_point_metrics
 from lightning_fusion.fit.results import Predictions
-from lightning_fusion.lit import FusionLitModule
+from lightning_fusion.lit import CHECKPOINT_KEY, FusionLitModule
 from lightning_fusion.metrics import confusion_matrix_figure, report_table
 from lightning_fusion.tracking import RunLogger
 
@@ -38,14 +40,20 @@ def log_tested_model(
     evaluation: EvaluationConfig,
     val: Predictions | None = None,
     title: str = "",
+    point: OperatingPoint | None = None,
 ) -> dict[str, float]:
-    """Everything a tested model's run keeps of its test set; returns the interval and calibration metrics.
+    """Everything a tested model's run keeps of its test set; returns the interval, calibration and (binary)
+    operating-point metrics.
 
-    Data summary and splits, predictions, confusion matrix, per-class report, bootstrap intervals,
-    calibration, ROC / PR curves, and ``report.html`` with all of it.
+    Data summary and splits, predictions, confusion matrix, per-class report (classes decided at
+    ``point`` for a binary model), bootstrap intervals, calibration, ROC / PR curves, thresholded
+    metrics at 0.5 and at ``point``, and ``report.html`` with all of it.
     """
     log_data_summary(logger, summary)
-    images = log_test_predictions(logger, classes, test.labels, test.probs, test.patient_ids)
+    predicted = point.predict(test.probs) if point is not None else test.probs.argmax(axis=1)
+    images = log_test_predictions(logger, classes, test.labels, test.probs, test.patient_ids, predicted)
+    at_point = operating_point_metrics(point, test.labels, test.probs) if point is not None else {}
+    logger.log_metrics(at_point)
     result = evaluate(
         test.labels, test.probs, classes, evaluation, (val.labels, val.probs) if val is not None else None
     )
@@ -57,6 +65,13 @@ def log_tested_model(
         if result.temperature is not None
         else {}
     )
+    if point is not None:
+        where = "fitted on validation" if point.fitted_on == "validation" else "fixed"
+        other[f"decision threshold on P({point.positive_class}), {point.method} ({where})"] = point.threshold
+        for name in THRESHOLDED_METRICS:
+            other[f"{name} at 0.5 / at the threshold"] = (
+                f"{at_point[f'test/at_0.5/{name}']:.3f} / {at_point[f'test/at_threshold/{name}']:.3f}"
+            )
     logger.log_text(
         run_report(
             title,
@@ -69,7 +84,18 @@ def log_tested_model(
         ),
         "report.html",
     )
-    return result.metrics()
+    return result.metrics() | at_point
+
+
+def log_operating_point(logger: RunLogger, point: OperatingPoint, checkpoint: str) -> None:
+    """The operating point as the run's param ``operating_point.threshold`` and ``operating_point.json``, and in
+    the best checkpoint (``lightning_fusion.operating_point``), which predict, serving and the web page read."""
+    logger.log_params({"operating_point.threshold": point.threshold, "operating_point.method": point.method})
+    logger.log_dict(point.to_dict(), "operating_point.json")
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state[CHECKPOINT_KEY]["operating_point"] = point.to_dict()
+        torch.save(state, checkpoint)
 
 
 def log_explanations(logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, count: int) -> None:
@@ -94,10 +120,16 @@ def log_data_summary(logger: RunLogger, summary: dict[str, Any]) -> None:
 
 
 def log_test_predictions(
-    logger: RunLogger, classes: list[str], y_true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray
+    logger: RunLogger,
+    classes: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    patient_ids: np.ndarray,
+    predicted: np.ndarray | None = None,
 ) -> dict[str, bytes]:
-    """Confusion matrix (JSON + PNG), per-class report and ``test_predictions.csv`` of a tested model."""
-    y_pred = probs.argmax(axis=1)
+    """Confusion matrix (JSON + PNG), per-class report and ``test_predictions.csv`` of a tested model;
+    ``predicted`` class indices (default: the most probable class)."""
+    y_pred = probs.argmax(axis=1) if predicted is None else predicted
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     logger.log_dict(
         {"classes": classes, "rows": "true", "columns": "predicted", "matrix": matrix}, "confusion_matrix.json"

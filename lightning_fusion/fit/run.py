@@ -24,7 +24,14 @@ from lightning_fusion.config import (
     to_yaml,
 )
 from lightning_fusion.data.datamodule import MultimodalDataModule
-from lightning_fusion.fit.artifacts import _log_fusion_weights, log_data_summary, log_explanations, log_tested_model
+from lightning_fusion.evaluation.threshold import operating_point
+from lightning_fusion.fit.artifacts import (
+    _log_fusion_weights,
+    log_data_summary,
+    log_explanations,
+    log_operating_point,
+    log_tested_model,
+)
 from lightning_fusion.fit.results import FitResult, Predictions, class_balance_tags, run_tags
 from lightning_fusion.fit.trainer import build_trainer
 from lightning_fusion.lit import FusionLitModule
@@ -98,13 +105,19 @@ def fit(
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
             val = None
-            if keep_predictions or config.evaluation.temperature_scaling:  # every process (predict is collective)
-                val = _val_predictions(trainer, module, datamodule, best)
+            fitted_threshold = config.evaluation.threshold != "fixed" and len(module.classes) == 2
+            if keep_predictions or config.evaluation.temperature_scaling or fitted_threshold:  # every process
+                val = _val_predictions(trainer, module, datamodule, best)  # (predict is collective)
             if trainer.is_global_zero:
                 kinds = f"{tags['lf.model_kind']} ({tags['lf.modalities']}, fusion {tags['lf.fusion']})"
                 test = Predictions.from_outputs(module.test_predictions, datamodule.datasets["test"].patient_ids)
                 predictions = {"test": test} | ({"val": val} if val is not None else {})
                 _log_fusion_weights(logger, module)
+                point = operating_point(
+                    module.classes, (val.labels, val.probs) if val is not None else None, config.evaluation
+                )
+                if point is not None:
+                    log_operating_point(logger, point, best)
                 test_metrics |= log_tested_model(
                     logger,
                     module.classes,
@@ -113,6 +126,7 @@ def fit(
                     config.evaluation,
                     val,
                     title=f"{config.name}: {kinds}",
+                    point=point,
                 )
                 if config.evaluation.explain_patients:
                     log_explanations(logger, module, datamodule, config.evaluation.explain_patients)

@@ -9,7 +9,8 @@ whose options set ``warmup_epochs: E > 0``:
 * phase 2 (from epoch ``E``): the layer groups ``>= unfreeze_from`` (all of them when it is null)
   become trainable and join the optimizer as a new parameter group, learning rate
   ``optim.lr × finetune_lr_factor`` (named ``finetune-<modality>`` in the logged learning rates).
-  ReduceLROnPlateau keeps working: it lowers every group, the new one included.
+  The learning-rate schedule covers it too: ReduceLROnPlateau lowers every group, the new one
+  included, and the other schedules (lightning_fusion.schedules) scale it from its own rate on.
 
 Early stopping must not end the run inside the warm-up: ``training.build_trainer`` sets
 ``min_epochs = E + 1``, and at the unfreeze this callback gives early stopping a fresh patience

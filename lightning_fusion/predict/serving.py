@@ -11,7 +11,8 @@ and post ``{"inputs": {"image": [...], "tabular": [[...]]}}`` to ``/invocations`
 ``(N, H, W, C)`` ``uint8`` at the model's image size (views stacked on the channel axis), tables as
 raw values ``(N, F)`` in the training table's column order (``NaN`` where missing: the fitted
 imputation fills it), signals as raw ``(N, leads, samples)``. The fitted preprocessing is applied by
-the model. The answer has one row per patient: ``predicted``, ``confidence`` and ``prob_<class>``.
+the model. The answer has one row per patient: ``predicted`` (for a binary model at its decision
+threshold, ``evaluation.threshold``, kept in the checkpoint), ``confidence`` and ``prob_<class>``.
 The logged model's input example (``input_example.json``, ``serving_input_example.json``: a request
 body to start from) is a zero placeholder patient of the right shapes and dtypes, never a real one.
 ``--env-manager local`` serves from the environment lightning_fusion is installed in (it is not on
@@ -105,6 +106,8 @@ def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
         "lightning_fusion": {
             "modalities": {m: model.specs[m]["kind"] for m in model.modalities},
             "classes": model.classes,
+            # a binary model's decision threshold (evaluation.threshold); ``predicted`` uses it
+            "operating_point": model.operating_point.to_dict() if model.operating_point else None,
             "table_columns": {
                 m: p.input_columns for m, p in model.preprocessors.items() if hasattr(p, "input_columns")
             },

@@ -28,6 +28,7 @@ from lightning_fusion.data.datamodule import modality_arrays, restore_preprocess
 from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.errors import DataError, ModelLoadError
+from lightning_fusion.evaluation.threshold import OperatingPoint
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class TrainedModel:
     preprocessors: dict[str, Any]
     source: Path | str  # the checkpoint file, or the runs:/ or models:/ reference it was fetched by
     splits: dict[str, list[str]]  # the training run's split (patient ids), empty if unknown
+    # a binary model's decision threshold, fitted when it was trained (evaluation.threshold); None: the
+    # most probable class
+    operating_point: OperatingPoint | None = None
 
     @property
     def config(self) -> ExperimentConfig:
@@ -249,12 +253,20 @@ class TrainedModel:
         self.check_arrays(arrays)
         return explain_patients(self.module, patient_ids, arrays, self.feature_names(), folder, present or None)
 
+    def predicted_indices(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices ``(N,)`` for probabilities ``(N, K)``: at the operating point, else the most probable class."""
+        if self.operating_point is not None:
+            return self.operating_point.predict(probs)
+        return np.asarray(probs).argmax(axis=1)
+
     def prediction_frame(self, patient_ids: list[str], probs: np.ndarray) -> pd.DataFrame:
+        """``predicted`` (at the operating point), ``confidence`` (that class's probability), ``prob_<class>``."""
+        predicted = self.predicted_indices(probs)
         frame = pd.DataFrame(
             {
                 "patient_id": patient_ids,
-                "predicted": np.asarray(self.classes)[probs.argmax(axis=1)],
-                "confidence": probs.max(axis=1),
+                "predicted": np.asarray(self.classes)[predicted],
+                "confidence": probs[np.arange(len(probs)), predicted],
             }
         )
         for i, name in enumerate(self.classes):
@@ -311,7 +323,9 @@ def load_trained(path: str | Path) -> TrainedModel:
     needs = [m for m, s in hparams["specs"].items() if KINDS.get(s["kind"]).fitted and m not in preprocessors]
     if needs:
         raise ModelLoadError(f"{path}: no fitted preprocessing for modalities {needs}")
-    return TrainedModel(module, preprocessors, path, dict(ours.get("splits", {})))
+    point = ours.get("operating_point")
+    point = OperatingPoint.from_dict(point) if point else None
+    return TrainedModel(module, preprocessors, path, dict(ours.get("splits", {})), point)
 
 
 def load_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> TrainedModel:
