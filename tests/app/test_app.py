@@ -442,6 +442,36 @@ def test_a_recording_is_turned_into_the_spectrogram_image_the_reader_would_make(
     assert "CT = ct1.png, CXR = xray1.png, Cough sound = cough1.wav" in answers[0]["notes"][0]
 
 
+def test_a_binary_model_decides_at_its_threshold_and_the_page_says_so():
+    """The page and the API take the class from the model's operating point, not the larger probability."""
+    from lightning_fusion.evaluation.threshold import OperatingPoint
+
+    overrides = {
+        "data.reader": {"name": "medmnist", "classes": ["normal", "pneumonia"]},
+        "data.root": "unused",
+        "data.image_size": 32,
+        "model.modalities": ["image"],
+        "model.encoders": {"image": {"name": "timm", "backbone": "test_resnet", "reduce_channels": None}},
+    }
+    torch.manual_seed(0)
+    specs = {"image": {"kind": "image", "shape": [1, 32, 32]}}
+    module = FusionLitModule(to_dict(load_config(None, overrides)), specs, ["normal", "pneumonia"]).eval()
+    scan = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28), dtype=np.uint8)).save(scan, format="PNG")
+
+    def answer(point):
+        client = create_app(TrainedModel(module, {}, Path("untrained.ckpt"), {}, point)).test_client()
+        response = _post(client, "/api/predict", {"image": [_file(scan.getvalue(), "xray.png")]})
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    pneumonia = answer(None)["probabilities"]["pneumonia"]
+    below = answer(OperatingPoint("youden", pneumonia - 1e-3, "pneumonia", "validation"))
+    above = answer(OperatingPoint("youden", pneumonia + 1e-3, "pneumonia", "validation"))
+    assert (below["predicted"], above["predicted"]) == ("pneumonia", "normal")
+    assert f"at least {pneumonia + 1e-3:.3f} (youden, chosen on validation patients)" in above["decision"]
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line and the real server in a browser
 # --------------------------------------------------------------------------------------------------
