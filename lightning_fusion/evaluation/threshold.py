@@ -51,7 +51,8 @@ def fit_threshold(labels: np.ndarray, positive_probs: np.ndarray, method: str, t
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the {method} threshold needs both classes among the validation patients")
     fpr, tpr, thresholds = roc_curve(labels, positive_probs)
-    thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf (nothing positive)
+    # roc_curve's first point (threshold +inf: nothing positive) is no rule a model can apply
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if method == "youden":
         return float(thresholds[int(np.argmax(tpr - fpr))])
     if method == "sensitivity":

@@ -24,6 +24,9 @@ def test_youden_and_target_sensitivity_thresholds_by_hand():
     assert fit_threshold(LABELS, POSITIVE, "youden", 0.9) == pytest.approx(0.5)
     assert fit_threshold(LABELS, POSITIVE, "sensitivity", 0.6) == pytest.approx(0.7)  # the most specific reaching it
     assert fit_threshold(LABELS, POSITIVE, "sensitivity", 1.0) == pytest.approx(0.5)
+    # a useless model (J <= 0 everywhere) still gets a threshold it can apply: one of its validation scores
+    useless = fit_threshold(LABELS, 1 - POSITIVE, "youden", 0.9)
+    assert useless in set(1 - POSITIVE)
     with pytest.raises(ValueError, match="both classes"):
         fit_threshold(np.zeros(4), POSITIVE[:4], "youden", 0.9)
 
