@@ -168,8 +168,8 @@ def _val_predictions(
     """Validation probabilities of the tested (best) checkpoint."""
     if trainer.world_size > 1:
         raise RuntimeError(
-            "validation predictions (compare, evaluation.temperature_scaling) need a single-process run: "
-            "set trainer.devices 1"
+            "validation predictions (compare, evaluation.temperature_scaling, a fitted evaluation.threshold) need a "
+            "single-process run: set trainer.devices 1"
         )
     outputs = trainer.predict(module, dataloaders=datamodule.val_dataloader(), ckpt_path=best or None)
     val = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "probs", "label")}
