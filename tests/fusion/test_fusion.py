@@ -148,7 +148,7 @@ def test_concat_with_a_missing_modality_is_a_clear_error():
     with pytest.raises(
         ValueError,
         match=r"concat fusion cannot handle a missing 'tabular' modality \(1 of 4 samples in this batch lack it\); "
-        r"drop those patients or use a fusion that supports missing modalities: attention, gated, late_weighted",
+        r"drop those patients or use a fusion that supports missing modalities: attention, gated, late_weighted, lmf",
     ):
         model(batch)
     batch["present"]["tabular"][:] = True
@@ -263,6 +263,47 @@ def test_late_weighted_fixed_weights_must_cover_the_modalities():
         )
 
 
+def _full_tensor_fusion(fusion, features, present=None):
+    """LMF by its definition: W · (z_1 ⊗ ... ⊗ z_M) + b with W = Σ_i λ_i ⊗_m W_m^(i), the product formed in full."""
+    rows = []
+    for b in range(BATCH):
+        zs = []
+        for m in fusion.modalities:
+            f = features[m][b] if present is None or bool(present[m][b]) else torch.zeros_like(features[m][b])
+            zs.append(torch.cat([f, torch.ones(1)]))
+        outer = zs[0]
+        for z in zs[1:]:
+            outer = torch.einsum("...,j->...j", outer, z)  # (D_1+1, ..., D_M+1)
+        weight = 0
+        for i in range(fusion.options.rank):
+            term = fusion.factors[fusion.modalities[0]][i]  # (D_1+1, d)
+            for m in fusion.modalities[1:]:
+                factor = fusion.factors[m][i]
+                term = torch.einsum("...d,jd->...jd", term, factor)
+            weight = weight + fusion.rank_weights[i] * term  # (D_1+1, ..., D_M+1, d)
+        rows.append(torch.tensordot(outer, weight, dims=outer.ndim) + fusion.bias)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("dims", [{"image": 3, "tabular": 2}, DIMS, DIMS | {"ct": 2}], ids=["2", "3", "4"])
+def test_lmf_equals_the_full_tensor_product_through_a_rank_r_weight(dims):
+    fusion = _fusion("lmf", dims, rank=3, d=5).double().eval()
+    features = {m: f.double() for m, f in _features(dims).items()}
+    captured = {}
+    fusion.head.register_forward_hook(lambda _m, inputs, _o: captured.update(fused=inputs[0]))
+    with torch.no_grad():
+        for present in (None, {m: MIXED.get(m, torch.ones(BATCH, dtype=torch.bool)) for m in dims}):
+            fusion(features, present)
+            torch.testing.assert_close(captured["fused"], _full_tensor_fusion(fusion, features, present))
+
+
+def test_lmf_rank_sets_the_factor_shapes_and_is_checked():
+    fusion = _fusion("lmf", DIMS, rank=7, d=16)
+    assert fusion.factors["image"].shape == (7, DIMS["image"] + 1, 16) and fusion.rank_weights.shape == (7,)
+    with pytest.raises(ConfigError, match=r"model\.fusion: rank must be >= 1, got 0"):
+        _config(["image", "tabular"], {"name": "lmf", "rank": 0})
+
+
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_bf16_autocast_gives_finite_float_scores(fusion):
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -330,7 +371,7 @@ def test_modality_dropout_needs_a_fusion_that_supports_missing_modalities():
     with pytest.raises(
         ConfigError,
         match=r"model\.modality_dropout 0\.3: model\.fusion 'concat' cannot handle missing modalities.*"
-        r"use a fusion that supports them \(attention, gated, late_weighted\)",
+        r"use a fusion that supports them \(attention, gated, late_weighted, lmf\)",
     ):
         _config(["image", "tabular"], "concat", **{"model.modality_dropout": 0.3})
 
@@ -362,7 +403,7 @@ def test_modality_weights_of_the_last_forward_are_per_sample_and_sum_to_one_over
         module(_features(DIMS), present)
     weights = module.modality_weights()
     if weights is None:  # concat and early fusion weigh nothing per sample
-        assert fusion in ("concat", "early")
+        assert fusion in ("concat", "early", "lmf")
         return
     assert isinstance(weights, ModalityWeights) and weights.modalities == sorted(DIMS) and weights.source
     assert weights.values.shape == (BATCH, len(DIMS))
