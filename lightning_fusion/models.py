@@ -49,7 +49,7 @@ class MultimodalClassifier(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.merge_inputs is not None:
             batch = self.merge_inputs(batch)
-        features = {modality: encoder(batch[modality]) for modality, encoder in self.encoders.items()}
+        features = self.fusion.encode(self.encoders, batch)
         present = batch.get("present")
         if self.training and self.modality_dropout > 0:
             present = self.drop_modalities(present, next(iter(features.values())))
@@ -106,5 +106,7 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
             )
         encoders[name] = encoder.create(spec.shape)
     head = model.head if isinstance(model.head, HeadConfig) else HeadConfig(**model.head)
-    fusion = model.fusion.create({m: e.out_features for m, e in encoders.items()}, num_classes, head)
+    # A conditioning fusion (film, daft) acts inside an encoder, so it is built knowing the encoders.
+    extra = {"encoders": encoders} if model.fusion.metadata.get("conditions") else {}
+    fusion = model.fusion.create({m: e.out_features for m, e in encoders.items()}, num_classes, head, **extra)
     return MultimodalClassifier(encoders, fusion, model.modality_dropout, merge_inputs)

@@ -17,6 +17,9 @@ from tests.test_models import SPECS, SUBSETS
 
 BATCH = 4
 MISSING_FUSIONS = FUSIONS.names(supports_missing=True)
+# Fusions built from feature widths alone; the conditioning ones (film, daft) also need the image
+# encoder they act in (tests/fusion/test_conditioning.py) and run here through build_model only.
+VECTOR_FUSIONS = FUSIONS.names(conditions=None)
 
 
 def _config(modalities, fusion, **overrides):
@@ -71,7 +74,7 @@ def _mask_cases() -> list:
     for fusion in FUSIONS.names():
         meta = FUSIONS.metadata(fusion)
         for modalities in SUBSETS:
-            if len(modalities) < meta["min_modalities"]:
+            if len(modalities) < meta["min_modalities"] or (meta.get("conditions") and "image" not in modalities):
                 continue
             for missing in (False, True):
                 if missing and (len(modalities) < 2 or not meta["supports_missing"]):
@@ -125,13 +128,13 @@ def test_a_sample_with_every_modality_absent_is_a_clear_error(fusion):
         _fusion(fusion, DIMS)(_features(DIMS), present)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_presence_mask_of_the_wrong_shape_is_a_clear_error(fusion):
     with pytest.raises(ValueError, match=r"present\['image'\] must have shape \(4,\)"):
         _fusion(fusion, DIMS)(_features(DIMS), {"image": torch.ones(BATCH + 1, dtype=torch.bool)})
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_a_mask_without_some_modality_counts_it_present_and_ignores_extra_names(fusion):
     fusion_module = _fusion(fusion, DIMS).eval()
     features = _features(DIMS)
@@ -304,7 +307,7 @@ def test_lmf_rank_sets_the_factor_shapes_and_is_checked():
         _config(["image", "tabular"], {"name": "lmf", "rank": 0})
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_bf16_autocast_gives_finite_float_scores(fusion):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = _fusion(fusion, DIMS)(_features(DIMS), MIXED if FUSIONS.metadata(fusion)["supports_missing"] else None)
@@ -315,6 +318,8 @@ def test_bf16_autocast_gives_finite_float_scores(fusion):
 # Modality dropout
 # --------------------------------------------------------------------------------------------------
 class _RecordPresence(nn.Module):
+    encode = Fusion.encode  # every encoder on its own input, as a fusion does
+
     def forward(self, features, present):
         self.present = present
         return torch.zeros(next(iter(features.values())).shape[0], 2)
@@ -385,7 +390,7 @@ def test_modality_dropout_must_be_a_probability_below_one(p):
 # --------------------------------------------------------------------------------------------------
 # Registry metadata and config checks
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_every_fusion_is_a_fusion_named_by_the_registry_with_its_options(fusion):
     module = _fusion(fusion, DIMS)
     assert isinstance(module, Fusion) and module.name == fusion
@@ -394,7 +399,7 @@ def test_every_fusion_is_a_fusion_named_by_the_registry_with_its_options(fusion)
     assert module.options == (config_cls() if config_cls else None)  # the registered options' defaults
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_modality_weights_of_the_last_forward_are_per_sample_and_sum_to_one_over_present(fusion):
     module = _fusion(fusion, DIMS).eval()
     assert module.modality_weights() is None  # no forward yet
