@@ -1,4 +1,5 @@
-"""The fusions of issue 17 end to end on the demo layout (32 px): ``fit`` and ``compare`` take them by name."""
+"""The fusions of issue 17 end to end on the demo layout (32 px): ``fit`` and ``compare`` take them by name;
+auxiliary unimodal losses are logged."""
 
 import contextlib
 import io
@@ -28,7 +29,7 @@ def _runs(uri):
 @pytest.mark.parametrize(
     "options",
     [
-        ["--model.fusion.name", "lmf", "--model.fusion.rank", "2"],
+        ["--model.fusion.name", "lmf", "--model.fusion.rank", "2", "--model.aux_loss_weight", "0.5"],
         ["--model.fusion.name", "film"],
         ["--model.fusion.name", "daft", "--model.fusion.stage", "2"],
     ],
@@ -41,6 +42,10 @@ def test_fit_trains_and_tests_the_new_fusions_by_name(small_cohort, mlflow_store
     (run,) = _runs(mlflow_store["uri"])
     assert run.info.status == "FINISHED" and run.data.tags["lf.fusion"] == options[1]
     assert np.isfinite(run.data.metrics["test/loss"]) and "test/auroc" in run.data.metrics
+    if "--model.aux_loss_weight" in options:  # the auxiliary unimodal losses, logged beside the loss
+        assert np.isfinite(run.data.metrics["train/aux_loss"]) and run.data.metrics["train/aux_loss"] > 0
+    else:
+        assert "train/aux_loss" not in run.data.metrics
 
 
 def test_compare_takes_the_new_fusions_by_name(small_cohort, mlflow_store):
