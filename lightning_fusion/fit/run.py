@@ -112,6 +112,8 @@ def fit(
                     config.evaluation,
                     val,
                     title=f"{config.name}: {kinds}",
+                    present=datamodule.datasets["test"].present,
+                    modalities=config.model.modalities,
                 )
                 if config.evaluation.explain_patients:
                     log_explanations(logger, module, datamodule, config.evaluation.explain_patients)
