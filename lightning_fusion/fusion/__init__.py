@@ -11,7 +11,7 @@ for ``F.cross_entropy``: logits, or log-probabilities for decision-level fusion 
 Built-ins: ``concat`` (intermediate, the unimodal baseline with one modality; no missing modalities),
 ``gated`` (intermediate, softmax gate over modalities), ``attention`` (intermediate, self-attention
 over modality tokens), ``lmf`` (intermediate, low-rank tensor fusion) and ``late_weighted`` (decision,
-weighted average of per-modality classifiers), and ``film`` and ``daft`` (intermediate: the other
+weighted average of per-modality classifiers), and ``film``, ``daft`` and ``channel_attention`` (intermediate: the other
 modalities scale and shift an image encoder's feature maps; registered with ``conditions``, built
 with ``encoders=`` as well, see :mod:`lightning_fusion.fusion.conditioning`).
 """

@@ -1,4 +1,4 @@
-"""Conditioning fusions: the other modalities scale and shift an image encoder's feature maps (FiLM, DAFT).
+"""Conditioning fusions: the other modalities scale and shift an image encoder's feature maps (FiLM, DAFT, ...).
 
 Level: intermediate. Needs one image modality encoded by a timm backbone (the conditioned one) and at
 least one other modality (``min_modalities`` 2); no missing modalities (``supports_missing`` False:
@@ -25,7 +25,7 @@ when the registry entry has ``conditions``) to read the stage's channel count ``
 shift generators belong to the fusion, not the backbone, so they always train; freezing the backbone
 (``freeze``, ``unfreeze_from``, ``warmup_epochs``) is unaffected, and gradients reach the conditioning
 modalities through the frozen layers after the stage. ``γ = 1 + Δγ``, so a small generator output
-starts near the unconditioned network.
+starts near the unconditioned network (FiLM, DAFT).
 
 Strategies:
 
@@ -36,6 +36,12 @@ Strategies:
   in a bottleneck, ``[Δγ, β] = Linear(ReLU(Linear([GAP(x), c])))``, width ``(C + D_c) //
   bottleneck_factor`` (7 in the paper). DAFT conditions inside the last residual block, before its
   addition; here it acts on a stage's output, which works for any timm CNN.
+* ``channel_attention``: channel-wise multiplicative attention from the table (Duanmu et al., 2020,
+  "Prediction of Pathological Complete Response to Neoadjuvant Chemotherapy in Breast Cancer Using
+  Deep Learning with Integrative Imaging, Molecular and Demographic Data", MICCAI; fusilli's
+  ``ImageChannelWiseMultiAttention``): a weight per channel, ``γ = 2 · sigmoid(Linear(c))`` in (0, 2)
+  (1 at a zero context), no shift. Duanmu et al. weight the maps after every convolution block; here
+  one stage, the same hook as FiLM.
 
 A backbone whose stage output is not a 4-D feature map (a vision transformer's tokens) is a clear
 error at the first forward. There are no per-sample modality weights (``modality_weights()`` is ``None``).
@@ -78,7 +84,10 @@ class DAFTFusionConfig(FiLMFusionConfig):
 
 
 class ConditioningFusion(Fusion):
-    """Shared by ``film`` and ``daft``: the hook, the context, the head. Subclasses make ``(Δγ, β)``."""
+    """What ``film``, ``daft`` and ``channel_attention`` share: the hook, the context, the head.
+
+    A subclass makes the per-channel ``(γ, β)`` in :meth:`scale_and_shift`.
+    """
 
     conditions_encoders = True
 
@@ -120,8 +129,8 @@ class ConditioningFusion(Fusion):
             )
         return images[0]
 
-    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``(B, 2C)``: ``Δγ`` then ``β`` for ``(B, C, H, W)`` maps and ``(B, D_c)`` context."""
+    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C)`` scale ``γ`` and shift ``β`` for ``(B, C, H, W)`` maps and ``(B, D_c)`` context."""
         raise NotImplementedError
 
     def encode(self, encoders: Mapping[str, nn.Module], inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -139,8 +148,8 @@ class ConditioningFusion(Fusion):
                 f"{self.name} fusion conditions (B, C, H, W) feature maps; stage {self.options.stage} "
                 f"({self.stage_name}) gives {shape}; use a CNN backbone"
             )
-        delta_scale, shift = self.scale_and_shift(output, context.to(output.dtype)).to(output.dtype).chunk(2, dim=1)
-        return output * (1 + delta_scale)[:, :, None, None] + shift[:, :, None, None]
+        scale, shift = self.scale_and_shift(output, context.to(output.dtype))
+        return output * scale.to(output.dtype)[:, :, None, None] + shift.to(output.dtype)[:, :, None, None]
 
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
@@ -166,8 +175,9 @@ class FiLMFusion(ConditioningFusion):
         super().__init__(feature_dims, num_classes, head, options, encoders=encoders)
         self.generator = nn.Linear(self.context_width, 2 * self.channels)
 
-    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.generator(context)
+    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        delta_scale, shift = self.generator(context).chunk(2, dim=1)
+        return 1 + delta_scale, shift
 
 
 @FUSIONS.register(
@@ -185,5 +195,26 @@ class DAFTFusion(ConditioningFusion):
             nn.Linear(width, 2 * self.channels),
         )
 
-    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.generator(torch.cat([feature_map.mean(dim=(2, 3)), context], dim=1))
+    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        delta_scale, shift = self.generator(torch.cat([feature_map.mean(dim=(2, 3)), context], dim=1)).chunk(2, dim=1)
+        return 1 + delta_scale, shift
+
+
+@FUSIONS.register(
+    "channel_attention",
+    level="intermediate",
+    min_modalities=2,
+    supports_missing=False,
+    conditions="image",
+    config=FiLMFusionConfig,
+)
+class ChannelAttentionFusion(ConditioningFusion):
+    """Channel-wise attention: the context gives each channel a weight in (0, 2), no shift."""
+
+    def __init__(self, feature_dims, num_classes, head, options=None, *, encoders=None) -> None:
+        super().__init__(feature_dims, num_classes, head, options, encoders=encoders)
+        self.generator = nn.Linear(self.context_width, self.channels)
+
+    def scale_and_shift(self, feature_map: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = 2 * torch.sigmoid(self.generator(context))
+        return weights, torch.zeros_like(weights)

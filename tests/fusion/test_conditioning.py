@@ -7,7 +7,7 @@ import torch
 from lightning_fusion.config import load_config
 from lightning_fusion.models import ModalitySpec, build_model
 
-CONDITIONING = ["film", "daft"]
+CONDITIONING = ["film", "daft", "channel_attention"]
 FAMILIES = ["test_resnet", "test_efficientnet", "mobilenetv3_small_050", "test_convnext"]
 SPECS = {"image": ModalitySpec("image", (3, 32, 32)), "tabular": ModalitySpec("vector", (6,))}
 
@@ -66,6 +66,22 @@ def test_film_scales_and_shifts_the_stage_output_exactly():
         conditioned = fusion.encode(model.encoders, batch)["image"]
     torch.testing.assert_close(conditioned, expected)
     torch.testing.assert_close(model(batch), fusion.head(expected))  # the head sees the conditioned image features
+
+
+def test_channel_attention_weights_each_channel_in_zero_two_without_a_shift():
+    model = _model({"name": "channel_attention", "stage": 1}).eval()
+    fusion, encoder = model.fusion, model.encoders["image"]
+    with torch.no_grad():
+        fusion.generator.weight.zero_()
+        fusion.generator.bias.copy_(torch.linspace(-20, 20, fusion.channels))  # weights from ~0 to ~2
+        scale = 2 * torch.sigmoid(fusion.generator.bias)
+        batch = _batch()
+        handle = encoder.feature_stage(1).module.register_forward_hook(
+            lambda _m, _i, out: out * scale[None, :, None, None]
+        )
+        expected = encoder(batch["image"])
+        handle.remove()
+        torch.testing.assert_close(fusion.encode(model.encoders, batch)["image"], expected)
 
 
 def test_daft_feeds_the_pooled_feature_map_into_its_bottleneck():
