@@ -112,11 +112,34 @@ class FusionLitModule(L.LightningModule):
         return loss, logits.float().softmax(dim=1), batch["label"]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._step(self.finish_batch(batch, augment=True))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
+        batch = self.finish_batch(batch, augment=True)
+        aux_weight = self.experiment_config.model.aux_loss_weight
+        if aux_weight > 0:
+            logits, auxiliary = self.model({m: batch[m] for m in self.modalities} | _present(batch), auxiliary=True)
+            loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight)
+            aux_loss = self._auxiliary_loss(auxiliary, batch)
+            self.log("train/aux_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+            objective = loss + aux_weight * aux_loss
+        else:
+            loss, _, _ = self._step(batch)
+            objective = loss
+        if not torch.isfinite(objective):
+            raise FloatingPointError(f"non-finite training loss {objective.item()} at epoch {self.current_epoch}")
+        # train/loss stays the classification loss, comparable with runs without auxiliary heads
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
-        return loss
+        return objective
+
+    def _auxiliary_loss(self, auxiliary: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
+        """Σ over the auxiliary heads of their class-weighted cross-entropy, on the samples that have the modality."""
+        present = batch.get("present") or {}
+        total = torch.zeros((), device=batch["label"].device)
+        for name, logits in auxiliary.items():
+            rows = present.get(name)
+            rows = torch.ones_like(batch["label"], dtype=torch.bool) if rows is None else rows.bool()
+            if bool(rows.any()):
+                target = batch["label"][rows]
+                total = total + F.cross_entropy(logits[rows].float(), target, weight=self.class_weight)
+        return total
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         loss, probs, target = self._step(batch)

@@ -37,6 +37,7 @@ class MultimodalClassifier(nn.Module):
         fusion: nn.Module,
         modality_dropout: float = 0.0,
         merge_inputs: nn.Module | None = None,
+        aux_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.merge_inputs = merge_inputs  # input-level (early) fusion: modalities merged before the encoders
@@ -45,15 +46,25 @@ class MultimodalClassifier(nn.Module):
         self.encoders = nn.ModuleDict(dict(encoders))
         self.fusion = fusion
         self.modality_dropout = modality_dropout
+        # model.aux_loss_weight > 0: one linear classifier per encoder on its features, for the training loss only
+        self.aux_heads = nn.ModuleDict(dict(aux_heads)) if aux_heads else None
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], auxiliary: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(B, K)`` scores; with ``auxiliary`` also ``{encoder input: (B, K)}`` logits of the auxiliary heads."""
         if self.merge_inputs is not None:
             batch = self.merge_inputs(batch)
-        features = {modality: encoder(batch[modality]) for modality, encoder in self.encoders.items()}
+        features = self.fusion.encode(self.encoders, batch)
         present = batch.get("present")
         if self.training and self.modality_dropout > 0:
             present = self.drop_modalities(present, next(iter(features.values())))
-        return self.fusion(features, present)
+        scores = self.fusion(features, present)
+        if not auxiliary:
+            return scores
+        if self.aux_heads is None:
+            raise ValueError("auxiliary logits need model.aux_loss_weight > 0 (no auxiliary heads were built)")
+        return scores, {name: head(features[name]) for name, head in self.aux_heads.items()}
 
     def drop_modalities(
         self, present: Mapping[str, torch.Tensor] | None, like: torch.Tensor
@@ -106,5 +117,12 @@ def build_model(model: ModelConfig, specs: Mapping[str, ModalitySpec], num_class
             )
         encoders[name] = encoder.create(spec.shape)
     head = model.head if isinstance(model.head, HeadConfig) else HeadConfig(**model.head)
-    fusion = model.fusion.create({m: e.out_features for m, e in encoders.items()}, num_classes, head)
-    return MultimodalClassifier(encoders, fusion, model.modality_dropout, merge_inputs)
+    # A conditioning fusion (film, daft) acts inside an encoder, so it is built knowing the encoders.
+    extra = {"encoders": encoders} if model.fusion.metadata.get("conditions") else {}
+    fusion = model.fusion.create({m: e.out_features for m, e in encoders.items()}, num_classes, head, **extra)
+    aux_heads = (
+        {name: nn.Linear(e.out_features, num_classes) for name, e in encoders.items()}
+        if model.aux_loss_weight > 0
+        else None
+    )
+    return MultimodalClassifier(encoders, fusion, model.modality_dropout, merge_inputs, aux_heads)

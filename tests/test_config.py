@@ -205,14 +205,14 @@ RULE_CASES = [
         "kept_missing_modalities_need_a_masking_fusion",
         {"data.keep_missing_modalities": True, "model.fusion": "early"},
         r"data\.keep_missing_modalities: model\.fusion 'early' cannot handle a missing modality; "
-        r"use one that masks it \(attention, gated, late_weighted\) or set it false",
+        r"use one that masks it \(attention, gated, late_weighted, lmf\) or set it false",
         {"data.keep_missing_modalities": True, "model.fusion": "attention"},
     ),
     (
         "modality_dropout_needs_a_masking_fusion",
         {"model.modality_dropout": 0.25},
         r"model\.modality_dropout 0\.25: model\.fusion 'concat' cannot handle missing modalities.*"
-        r"\(attention, gated, late_weighted\) or set model\.modality_dropout 0",
+        r"\(attention, gated, late_weighted, lmf\) or set model\.modality_dropout 0",
         {"model.modality_dropout": 0.25, "model.fusion": "late_weighted"},
     ),
     (

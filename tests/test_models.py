@@ -46,6 +46,7 @@ def _model_config(modalities, fusion, **encoder_overrides):
         for fusion in FUSIONS.names()
         for modalities in SUBSETS
         if len(modalities) >= FUSIONS.metadata(fusion)["min_modalities"]
+        and (not FUSIONS.metadata(fusion).get("conditions") or "image" in modalities)
     ],
 )
 def test_fusion_forward_backward(fusion, modalities):

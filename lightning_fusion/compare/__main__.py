@@ -32,9 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m lightning_fusion.compare",
         description="CNN vs ANN vs fusion on the same split: the unimodal models and the chosen fusions, "
         "as child runs of one MLflow parent run, and a comparison table.",
-        epilog="Trained fusions: concat, early, gated, attention. Procedures on the unimodal models (not "
-        "trained again): late_weighted (weights tuned on validation), stacking (meta-learner on held-out "
-        "predictions), ensemble_mean. Any config key can be overridden as --section.key value.",
+        epilog="Trained fusions: concat, early, gated, attention, lmf, film, daft, channel_attention. Procedures "
+        "on the unimodal models (not trained again): late_weighted (weights tuned on validation), stacking "
+        "(meta-learner on held-out predictions), ensemble_mean. Any config key can be overridden as --section.key "
+        "value.",
         add_help=False,
     )
     add_config_help(parser)

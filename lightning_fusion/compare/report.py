@@ -4,7 +4,8 @@ Paired tests answer "did this fusion really beat the CNN?" on the same test pati
 fusion against every unimodal model, McNemar's exact test on correctness and the AUROC difference
 with a paired stratified bootstrap interval and p-value. The p-values of each kind are
 Holm-adjusted over the whole family of fusion-vs-unimodal tests of the comparison, and a difference
-is marked significant when its adjusted p-value is below 0.05.
+is marked significant when its adjusted p-value is below 0.05. Decision curves (net benefit against the
+threshold probability, with treat all and treat none) put every model on one figure per class.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from lightning_fusion.compare.results import ComparedModel, ComparisonResult
 from lightning_fusion.config import EvaluationConfig, ExperimentConfig
 from lightning_fusion.evaluation import holm_adjust, mcnemar_test, paired_auroc_difference
+from lightning_fusion.evaluation.decision_curve import decision_curve_figure, decision_curves
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import png_bytes
 from lightning_fusion.mlflow_ui import describe, metric_column, save_children_view, tag_column, view_name, view_path
@@ -168,8 +170,10 @@ def log_comparison(
     config: ExperimentConfig,
     test_patients: int,
     cv: int | None = None,
+    models: Sequence[ComparedModel] = (),
 ) -> None:
-    """The parent run's artifacts: tables (markdown + CSV), chart, per-model metrics and ``report.html``."""
+    """The parent run's artifacts: tables (markdown + CSV), chart, decision curves of ``models``, per-model
+    metrics and ``report.html``."""
     shown = display_table(table)
     parent.log_text(markdown_table(shown), "comparison.md")
     parent.log_frame_csv(table, "comparison.csv")
@@ -180,6 +184,14 @@ def log_comparison(
     parent.log_figure(figure, "comparison.png")
     chart = png_bytes(figure)
     plt.close(figure)
+    curves = {m.name: decision_curves(m.test.labels, m.test.probs, summary["classes"]) for m in models}
+    decision_png = None
+    if any(curves.values()):
+        parent.log_dict(curves, "decision_curves.json")
+        figure = decision_curve_figure(curves, f"Decision curves, {test_patients} patients (treat when P ≥ threshold)")
+        parent.log_figure(figure, "decision_curves.png")
+        decision_png = png_bytes(figure)
+        plt.close(figure)
     parent.log_metrics(
         {
             f"compare/{metric_key_part(row['model'])}/{metric}": float(row[metric])
@@ -207,10 +219,22 @@ def log_comparison(
             ("Test metrics", table_html(shown.to_dict("records")) + note),
             ("Paired tests", table_html(display_paired(paired).to_dict("records"))),
             ("Chart", image_html(chart, "comparison")),
+            *(
+                [("Decision curves", image_html(decision_png, "decision curves") + _DECISION_NOTE)]
+                if decision_png
+                else []
+            ),
         ],
         subtitle=f"MLflow parent run {parent.run_id}",
     )
     parent.log_text(report, "report.html")
+
+
+_DECISION_NOTE = (
+    "<p class='note'>Net benefit of treating the patients whose predicted probability of the class is at least the "
+    "threshold, TP/N − FP/N · p/(1 − p) (Vickers &amp; Elkin, 2006), against treating everyone (dashed) and no one "
+    "(0). A model helps at the thresholds where it lies above both.</p>"
+)
 
 
 def verdict(result: ComparisonResult) -> str:

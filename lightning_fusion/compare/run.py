@@ -202,7 +202,7 @@ def run_comparison(
         if cv:
             table = _with_fold_spread(table, per_fold, folds)
         paired = paired_tests(models, config.evaluation)
-        log_comparison(parent, table, paired, summary, config, test_patients, cv)
+        log_comparison(parent, table, paired, summary, config, test_patients, cv, models)
         result = ComparisonResult(
             parent_run_id=parent.run_id or "",
             experiment_id=parent.experiment_id,

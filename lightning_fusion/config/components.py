@@ -62,9 +62,9 @@ class Component:
         """What was registered with the name (e.g. ``supports_missing``, ``min_modalities``, ``input_kind``)."""
         return self.entry.metadata
 
-    def create(self, *args: Any) -> Any:
-        """Build the registered class as ``cls(*args, options)`` (the registries' calling convention)."""
-        return self.entry.obj(*args, self.options)
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """Build the registered class as ``cls(*args, options, **kwargs)`` (the registries' calling convention)."""
+        return self.entry.obj(*args, self.options, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ that involve more than one section or a component's registry metadata are in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,8 +179,13 @@ class ModelConfig:
     # ModDrop-style training: each modality of a sample dropped with this probability (at least one kept);
     # only for fusions that support missing modalities
     modality_dropout: float = 0.0
+    # Auxiliary unimodal losses (as AutoGluon's fusion MLP): a linear head per modality on its encoded
+    # features, their cross-entropies summed and added to the loss with this weight (0: off); training only
+    aux_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.aux_loss_weight) and self.aux_loss_weight >= 0):
+            raise ValueError(f"aux_loss_weight must be >= 0 (0 turns it off), got {self.aux_loss_weight}")
         if not 0 <= self.modality_dropout < 1:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if not self.modalities:

@@ -93,6 +93,16 @@ class TimmImageEncoderConfig:
                 raise ValueError(f"{err} ({count}list them with {command})") from None
 
 
+@dataclass(frozen=True)
+class FeatureStage:
+    """One of a backbone's feature stages: its index, module name and module, and its channel count."""
+
+    index: int
+    name: str  # e.g. layer3 (ResNet), blocks.2 (EfficientNet, MobileNet), stages.1 (ConvNeXt)
+    module: nn.Module
+    channels: int
+
+
 @ENCODERS.register("timm", input_kind="image", config=TimmImageEncoderConfig)
 class TimmImageEncoder(nn.Module):
     """``(B, C, H, W)`` images in [0, 1] → ``(B, num_features)`` pooled backbone features."""
@@ -111,7 +121,8 @@ class TimmImageEncoder(nn.Module):
             self.reduce = nn.Conv2d(channels, options.reduce_channels, kernel_size=1)
             backbone_channels = options.reduce_channels
         self.backbone = create_backbone(options, backbone_channels)
-        self.out_features = int(self.backbone.num_features)
+        # What forward returns: timm's pooled head width (MobileNetV3's conv head: 1024, num_features 288)
+        self.out_features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
         self.options = options
         # The cardiac-MRI study's spatial-attention block: timm's CBAM spatial attention (channel mean and
         # max → 7×7 conv → sigmoid map) reweights the final feature map's positions. It is outside the
@@ -134,6 +145,27 @@ class TimmImageEncoder(nn.Module):
                 f"shape {tuple(feature_map.shape)}; set spatial_attention: false for this backbone"
             )
         return self.backbone.forward_head(self.attention(feature_map))
+
+    def feature_stage(self, stage: int) -> FeatureStage:
+        """The backbone's feature stage ``stage`` (an index into timm's ``feature_info``, negative from the end).
+
+        What a conditioning fusion (:mod:`lightning_fusion.fusion.conditioning`) hooks: the module whose
+        output is that stage's ``(B, C, H, W)`` feature map, and ``C``.
+        """
+        stages = list(getattr(self.backbone, "feature_info", None) or [])
+        if not stages:
+            raise ValueError(f"timm backbone {self.options.backbone!r} lists no feature stages (feature_info)")
+        if not -len(stages) <= stage < len(stages):
+            listing = ", ".join(f"{i}: {s['module']} ({s['num_chs']} channels)" for i, s in enumerate(stages))
+            raise ValueError(
+                f"stage {stage} is out of range for {self.options.backbone!r}, which has {len(stages)} feature "
+                f"stages ({listing}); use 0..{len(stages) - 1} or a negative index from the end"
+            )
+        info = stages[stage]
+        module_name = str(info["module"])
+        return FeatureStage(
+            stage % len(stages), module_name, self.backbone.get_submodule(module_name), int(info["num_chs"])
+        )
 
     def train(self, mode: bool = True) -> TimmImageEncoder:
         """Switch train/eval mode, but keep the BatchNorm layers of frozen layer groups in eval mode."""

@@ -78,6 +78,24 @@ def dataset_section(summary: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def presence_section(rows: Sequence[Mapping[str, Any]], confidence: float) -> str:
+    """The test metrics per presence pattern: rows of
+    :func:`~lightning_fusion.evaluation.presence.presence_pattern_metrics`."""
+    metrics = list(dict.fromkeys(m for row in rows for m in row["intervals"]))
+    table = [
+        {"present modalities": row["pattern"], "patients": row["patients"]}
+        | {c: n for c, n in row["classes"].items()}
+        | {m: row["intervals"].get(m, "n/a") for m in metrics}
+        for row in rows
+    ]
+    note = (
+        f"<p class='note'>The test patients grouped by which modalities they have; {confidence:.0%} stratified "
+        "bootstrap intervals within each group (small groups: wide intervals; n/a: the group cannot define the "
+        "metric, e.g. AUROC without both outcomes of a class).</p>"
+    )
+    return table_html(table) + note
+
+
 def render_report(title: str, sections: Sequence[tuple[str, str]], subtitle: str = "") -> str:
     """A whole HTML document from ``(heading, html body)`` sections."""
     body = "".join(f"<h2>{html.escape(heading)}</h2>{content}" for heading, content in sections)
@@ -96,8 +114,9 @@ def run_report(
     images: Mapping[str, bytes],
     confidence: float,
     subtitle: str = "",
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The report of one tested model."""
+    """The report of one tested model; ``extra_sections`` (heading, HTML) come after the test metrics."""
     n_test = sum(summary["counts"]["test"].values())
     metrics_rows = [{"metric": name, "value [interval]": interval} for name, interval in intervals.items()]
     metrics_rows += [{"metric": name, "value [interval]": value} for name, value in other_metrics.items()]
@@ -112,6 +131,7 @@ def run_report(
         [
             ("Data", dataset_section(summary)),
             ("Test metrics", table_html(metrics_rows) + explanation),
+            *extra_sections,
             ("Figures", figures),
         ],
         subtitle,

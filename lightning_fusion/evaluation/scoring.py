@@ -2,14 +2,15 @@
 and a run.
 
 :func:`evaluate` turns test labels and probabilities (and, for temperature scaling, validation
-ones) into bootstrap intervals, calibration figures and ROC / precision-recall curves;
+ones) into bootstrap intervals, calibration figures, ROC / precision-recall curves and decision
+curves (net benefit, :mod:`lightning_fusion.evaluation.decision_curve`);
 :func:`log_evaluation` records them in an MLflow run:
 
 - metrics ``test/<metric>_ci_low`` / ``test/<metric>_ci_high`` for accuracy, balanced accuracy,
   macro F1 and AUROC; ``test/ece``, ``test/brier``; with temperature scaling also
   ``test/temperature``, ``test/ece_calibrated``, ``test/brier_calibrated``;
-- ``roc.png``, ``pr.png``, ``reliability.png`` and their points in ``curves.json`` /
-  ``calibration.json``.
+- ``roc.png``, ``pr.png``, ``decision_curve.png``, ``reliability.png`` and their points in
+  ``curves.json`` (keys ``roc``, ``pr``, ``decision``) / ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lightning_fusion.evaluation import (
     expected_calibration_error,
 )
 from lightning_fusion.evaluation.calibration import apply_temperature, fit_temperature, reliability_bins
+from lightning_fusion.evaluation.decision_curve import decision_curve_figure, decision_curves
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Evaluation:
     ece: float
     brier: float
     reliability: dict[str, list[float]]
-    curves: dict[str, dict[str, dict[str, list[float]]]]  # roc|pr → class → points
+    curves: dict[str, dict[str, dict[str, Any]]]  # roc|pr|decision → class → points
     n_test: int
     exact_accuracy: Interval | None = None  # Clopper–Pearson: informative even when every patient is right
     temperature: float | None = None
@@ -104,8 +106,12 @@ def evaluate(
 
 
 def _curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, dict[str, list]]]:
-    """One-vs-rest ROC and precision-recall points per class present with both outcomes."""
-    curves: dict[str, dict[str, dict[str, list]]] = {"roc": {}, "pr": {}}
+    """One-vs-rest ROC and precision-recall points per class present with both outcomes; decision curves."""
+    curves: dict[str, dict[str, dict[str, Any]]] = {
+        "roc": {},
+        "pr": {},
+        "decision": decision_curves(labels, probs, classes),
+    }
     for k, name in enumerate(classes):
         positive = labels == k
         if positive.all() or not positive.any():
@@ -152,6 +158,11 @@ def pr_figure(evaluation: Evaluation) -> Figure:
     axes.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def decision_figure(evaluation: Evaluation) -> Figure:
+    title = f"Decision curves (n={evaluation.n_test}; treat when P ≥ threshold)"
+    return decision_curve_figure({"model": evaluation.curves.get("decision", {})}, title)
 
 
 def reliability_figure(evaluation: Evaluation) -> Figure:
@@ -202,7 +213,10 @@ def log_evaluation(logger: Any, evaluation: Evaluation, stage: str = "test", pre
         f"{prefix}calibration.json",
     )
     images = {}
-    for name, build in (("roc.png", roc_figure), ("pr.png", pr_figure), ("reliability.png", reliability_figure)):
+    figures = [("roc.png", roc_figure), ("pr.png", pr_figure)]
+    if evaluation.curves.get("decision"):  # some class with both outcomes among the patients
+        figures.append(("decision_curve.png", decision_figure))
+    for name, build in [*figures, ("reliability.png", reliability_figure)]:
         figure = build(evaluation)
         logger.log_figure(figure, prefix + name)
         images[prefix + name] = png_bytes(figure)

@@ -30,7 +30,8 @@ class ModalityFunction(nn.Module):
     repeated along the batch axis for each integration step). When the classifier encodes every
     modality separately (no input-level fusion), the other modalities' encoder features are computed
     once here, so only the explained modality's encoder and the fusion run per call; with input-level
-    (early) fusion the raw inputs are kept and the whole model runs. Meant for eval mode (this is
+    (early) fusion, or a fusion that conditions one encoder on the others (film, daft), the raw inputs
+    are kept and the whole model runs. Meant for eval mode (this is
     ``MultimodalClassifier.forward`` without modality dropout).
     """
 
@@ -39,7 +40,7 @@ class ModalityFunction(nn.Module):
         self.module = module
         self.modality = modality
         model = module.model
-        self.encoded = model.merge_inputs is None
+        self.encoded = model.merge_inputs is None and not model.fusion.conditions_encoders
         present = batch.get("present") or {}
         keys: list[tuple[str, str]] = []
         fixed: list[torch.Tensor] = []

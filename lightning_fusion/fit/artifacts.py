@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from lightning_fusion.config import (
     EvaluationConfig,
 )
 from lightning_fusion.data.datamodule import MultimodalDataModule
-from lightning_fusion.evaluation.report import run_report
+from lightning_fusion.evaluation.presence import presence_pattern_metrics, presence_patterns
+from lightning_fusion.evaluation.report import presence_section, run_report
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation, png_bytes
 from lightning_fusion.evaluation.threshold import THRESHOLDED_METRICS, OperatingPoint, operating_point_metrics
 from lightning_fusion.fit.results import Predictions
@@ -41,13 +43,17 @@ def log_tested_model(
     val: Predictions | None = None,
     title: str = "",
     point: OperatingPoint | None = None,
+    present: Mapping[str, np.ndarray] | None = None,
+    modalities: Sequence[str] = (),
 ) -> dict[str, float]:
     """Everything a tested model's run keeps of its test set; returns the interval, calibration and (binary)
     operating-point metrics.
 
     Data summary and splits, predictions, confusion matrix, per-class report (classes decided at
-    ``point`` for a binary model), bootstrap intervals, calibration, ROC / PR curves, thresholded
-    metrics at 0.5 and at ``point``, and ``report.html`` with all of it.
+    ``point`` for a binary model), bootstrap intervals, calibration, ROC / PR / decision curves,
+    thresholded metrics at 0.5 and at ``point``, and ``report.html`` with all of it. With ``present``
+    (the test patients' presence flags of ``modalities``, in ``test`` order) and some patient lacking a
+    modality, also the metrics per presence pattern (``presence_metrics.json`` and a report section).
     """
     log_data_summary(logger, summary)
     predicted = point.predict(test.probs) if point is not None else test.probs.argmax(axis=1)
@@ -72,6 +78,23 @@ def log_tested_model(
             other[f"{name} at 0.5 / at the threshold"] = (
                 f"{at_point[f'test/at_0.5/{name}']:.3f} / {at_point[f'test/at_threshold/{name}']:.3f}"
             )
+    extra = []
+    if present and not all(np.asarray(flags, dtype=bool).all() for flags in present.values()):
+        patterns = presence_patterns(present, list(modalities) or sorted(present), len(test.labels))
+        rows = presence_pattern_metrics(
+            test.labels,
+            test.probs,
+            patterns,
+            classes,
+            evaluation.bootstrap_resamples,
+            evaluation.bootstrap_seed,
+            evaluation.confidence,
+        )
+        logger.log_dict(
+            [row | {"intervals": {m: vars(i) for m, i in row["intervals"].items()}} for row in rows],
+            "presence_metrics.json",
+        )
+        extra.append(("Test metrics by presence pattern", presence_section(rows, evaluation.confidence)))
     logger.log_text(
         run_report(
             title,
@@ -81,6 +104,7 @@ def log_tested_model(
             images,
             evaluation.confidence,
             subtitle=f"MLflow run {logger.run_id}",
+            extra_sections=extra,
         ),
         "report.html",
     )

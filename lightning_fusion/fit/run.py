@@ -127,6 +127,8 @@ def fit(
                     val,
                     title=f"{config.name}: {kinds}",
                     point=point,
+                    present=datamodule.datasets["test"].present,
+                    modalities=config.model.modalities,
                 )
                 if config.evaluation.explain_patients:
                     log_explanations(logger, module, datamodule, config.evaluation.explain_patients)

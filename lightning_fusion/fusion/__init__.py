@@ -10,10 +10,13 @@ for ``F.cross_entropy``: logits, or log-probabilities for decision-level fusion 
 
 Built-ins: ``concat`` (intermediate, the unimodal baseline with one modality; no missing modalities),
 ``gated`` (intermediate, softmax gate over modalities), ``attention`` (intermediate, self-attention
-over modality tokens) and ``late_weighted`` (decision, weighted average of per-modality classifiers).
+over modality tokens), ``lmf`` (intermediate, low-rank tensor fusion) and ``late_weighted`` (decision,
+weighted average of per-modality classifiers), and ``film``, ``daft`` and ``channel_attention`` (intermediate: the other
+modalities scale and shift an image encoder's feature maps; registered with ``conditions``, built
+with ``encoders=`` as well, see :mod:`lightning_fusion.fusion.conditioning`).
 """
 
-from lightning_fusion.fusion import attention, concat, early, gated, late  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.fusion import attention, concat, conditioning, early, gated, late, lmf  # noqa: E402,F401  (register the built-ins)
 from lightning_fusion.fusion.registry import FUSIONS
 
 __all__ = ["FUSIONS"]

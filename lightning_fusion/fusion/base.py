@@ -5,7 +5,8 @@ registry gives it its :attr:`~Fusion.name`. It is built as ``cls(feature_dims, n
 options)`` and called as ``fusion(features, present)`` (see :mod:`lightning_fusion.fusion`).
 
 :meth:`Fusion.modality_weights` is how explanations ask a fusion how much each modality weighed in
-its last forward; a strategy without such weights returns ``None``. :meth:`Fusion.overall_weights`
+its last forward; a strategy without such weights returns ``None``. :meth:`Fusion.encode` runs the
+encoders (each on its own input, unless the fusion conditions one on the others). :meth:`Fusion.overall_weights`
 gives weights that do not depend on the sample (``late_weighted``), logged with every run.
 """
 
@@ -50,6 +51,9 @@ class Fusion(nn.Module):
     """
 
     registry_name: ClassVar[str]  # set by FUSIONS.register
+    # True for a fusion that acts inside an encoder (encode overridden): a modality's features then
+    # depend on the other modalities' inputs, so they cannot be computed from its own input alone.
+    conditions_encoders: ClassVar[bool] = False
 
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int, head: Any, options: Any = None) -> None:
         super().__init__()
@@ -68,6 +72,14 @@ class Fusion(nn.Module):
         """``(B, M)`` bool presence mask in ``modalities`` order (all true when ``present`` is ``None``)."""
         first = features[self.modalities[0]]
         return presence_mask(present, self.modalities, first.shape[0], first.device, self.name)
+
+    def encode(self, encoders: Mapping[str, nn.Module], inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Each modality's ``(B, D_m)`` features: every encoder on its own input.
+
+        A conditioning fusion (:mod:`lightning_fusion.fusion.conditioning`) overrides this: it runs one
+        encoder with the other modalities' features acting inside it.
+        """
+        return {modality: encoder(inputs[modality]) for modality, encoder in encoders.items()}
 
     def modality_weights(self) -> ModalityWeights | None:
         """The per-sample modality weights of the last forward, or ``None`` for a strategy that has none."""

@@ -109,7 +109,11 @@ def test_compare_parent_and_child_runs(compared):
         "report.html",
         "config.yaml",
         "data_summary.json",
+        "decision_curves.png",
+        "decision_curves.json",
     } <= artifacts
+    report = open(client.download_artifacts(parent.info.run_id, "report.html")).read()
+    assert "<h2>Decision curves</h2>" in report and "alt='decision curves'" in report
     paired = pd.read_csv(client.download_artifacts(parent.info.run_id, "paired_tests.csv"))
     fusions = ["fusion concat", "fusion late_weighted", "fusion stacking", "fusion ensemble_mean"]
     assert sorted(zip(paired["model"], paired["versus"])) == sorted(
@@ -118,6 +122,8 @@ def test_compare_parent_and_child_runs(compared):
     assert (paired["mcnemar_p_holm"] >= paired["mcnemar_p"]).all() and paired["mcnemar_p_holm"].le(1).all()
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "comparison.csv"))
     assert sorted(table["run_id"]) == sorted(r.info.run_id for r in children)
+    decision = json.loads(open(client.download_artifacts(parent.info.run_id, "decision_curves.json")).read())
+    assert sorted(decision) == sorted(table["model"])  # every model, on the same test patients
     assert parent.data.metrics["compare/cnn_image/balanced_accuracy"] == pytest.approx(
         table.set_index("model").loc["cnn (image)", "balanced_accuracy"], abs=1e-4
     )

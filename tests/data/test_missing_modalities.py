@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,6 +112,21 @@ def test_a_gated_fusion_trains_and_tests_with_missing_modalities(gappy_cohort, m
     np.testing.assert_allclose(
         predicted.set_index("patient_id").loc[tested.index, probs].to_numpy(), tested[probs].to_numpy(), atol=1e-5
     )
+    # Test metrics per presence pattern, when some test patient lacks a modality
+    patterns = {
+        p: "image+tabular" if not missing[p] else "tabular" if missing[p] == "image" else "image" for p in tested.index
+    }
+    artifacts = {a.path for a in MlflowClient(mlflow_store["uri"]).list_artifacts(result.run_id)}
+    assert any(p != "image+tabular" for p in patterns.values()), "the split puts no gappy patient in test"
+    rows = json.loads(
+        Path(
+            MlflowClient(mlflow_store["uri"]).download_artifacts(
+                result.run_id, "presence_metrics.json", str(root.parent)
+            )
+        ).read_text()
+    )
+    assert {r["pattern"]: r["patients"] for r in rows} == dict(Counter(patterns.values()))
+    assert "presence_metrics.json" in artifacts
 
 
 def test_a_kept_patients_prediction_ignores_its_absent_modality(gappy_cohort):

@@ -102,6 +102,7 @@ def test_run_artifacts(trained):
         "report.html",
         "roc.png",
         "pr.png",
+        "decision_curve.png",
         "reliability.png",
         "curves.json",
         "calibration.json",
@@ -114,6 +115,15 @@ def test_run_artifacts(trained):
     predictions = pd.read_csv(local / "test_predictions.csv")
     summary = json.loads((local / "data_summary.json").read_text())
     assert matrix["classes"] == CLASSES
+    # Decision curves (one-vs-rest for 3 classes) beside ROC/PR, in the points file and the report
+    decision = json.loads((local / "curves.json").read_text())["decision"]
+    test_classes = [c for c, n in summary["counts"]["test"].items() if 0 < n < sum(summary["counts"]["test"].values())]
+    assert sorted(decision) == sorted(test_classes)
+    assert all(
+        np.isclose(curve["treat_all"][0], curve["prevalence"] - (1 - curve["prevalence"]) / 99)
+        for curve in decision.values()
+    )
+    assert "alt='decision_curve.png'" in (local / "report.html").read_text()
     assert np.sum(matrix["matrix"]) == len(predictions) == sum(summary["counts"]["test"].values())
     assert set(predictions.columns) == {"patient_id", "true", "predicted", *(f"prob_{c}" for c in CLASSES)}
     splits = json.loads((local / "splits.json").read_text())

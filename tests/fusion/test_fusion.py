@@ -17,6 +17,9 @@ from tests.test_models import SPECS, SUBSETS
 
 BATCH = 4
 MISSING_FUSIONS = FUSIONS.names(supports_missing=True)
+# Fusions built from feature widths alone; the conditioning ones (film, daft) also need the image
+# encoder they act in (tests/fusion/test_conditioning.py) and run here through build_model only.
+VECTOR_FUSIONS = FUSIONS.names(conditions=None)
 
 
 def _config(modalities, fusion, **overrides):
@@ -71,7 +74,7 @@ def _mask_cases() -> list:
     for fusion in FUSIONS.names():
         meta = FUSIONS.metadata(fusion)
         for modalities in SUBSETS:
-            if len(modalities) < meta["min_modalities"]:
+            if len(modalities) < meta["min_modalities"] or (meta.get("conditions") and "image" not in modalities):
                 continue
             for missing in (False, True):
                 if missing and (len(modalities) < 2 or not meta["supports_missing"]):
@@ -125,13 +128,13 @@ def test_a_sample_with_every_modality_absent_is_a_clear_error(fusion):
         _fusion(fusion, DIMS)(_features(DIMS), present)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_presence_mask_of_the_wrong_shape_is_a_clear_error(fusion):
     with pytest.raises(ValueError, match=r"present\['image'\] must have shape \(4,\)"):
         _fusion(fusion, DIMS)(_features(DIMS), {"image": torch.ones(BATCH + 1, dtype=torch.bool)})
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_a_mask_without_some_modality_counts_it_present_and_ignores_extra_names(fusion):
     fusion_module = _fusion(fusion, DIMS).eval()
     features = _features(DIMS)
@@ -148,7 +151,7 @@ def test_concat_with_a_missing_modality_is_a_clear_error():
     with pytest.raises(
         ValueError,
         match=r"concat fusion cannot handle a missing 'tabular' modality \(1 of 4 samples in this batch lack it\); "
-        r"drop those patients or use a fusion that supports missing modalities: attention, gated, late_weighted",
+        r"drop those patients or use a fusion that supports missing modalities: attention, gated, late_weighted, lmf",
     ):
         model(batch)
     batch["present"]["tabular"][:] = True
@@ -263,7 +266,48 @@ def test_late_weighted_fixed_weights_must_cover_the_modalities():
         )
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+def _full_tensor_fusion(fusion, features, present=None):
+    """LMF by its definition: W · (z_1 ⊗ ... ⊗ z_M) + b with W = Σ_i λ_i ⊗_m W_m^(i), the product formed in full."""
+    rows = []
+    for b in range(BATCH):
+        zs = []
+        for m in fusion.modalities:
+            f = features[m][b] if present is None or bool(present[m][b]) else torch.zeros_like(features[m][b])
+            zs.append(torch.cat([f, torch.ones(1)]))
+        outer = zs[0]
+        for z in zs[1:]:
+            outer = torch.einsum("...,j->...j", outer, z)  # (D_1+1, ..., D_M+1)
+        weight = 0
+        for i in range(fusion.options.rank):
+            term = fusion.factors[fusion.modalities[0]][i]  # (D_1+1, d)
+            for m in fusion.modalities[1:]:
+                factor = fusion.factors[m][i]
+                term = torch.einsum("...d,jd->...jd", term, factor)
+            weight = weight + fusion.rank_weights[i] * term  # (D_1+1, ..., D_M+1, d)
+        rows.append(torch.tensordot(outer, weight, dims=outer.ndim) + fusion.bias)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("dims", [{"image": 3, "tabular": 2}, DIMS, DIMS | {"ct": 2}], ids=["2", "3", "4"])
+def test_lmf_equals_the_full_tensor_product_through_a_rank_r_weight(dims):
+    fusion = _fusion("lmf", dims, rank=3, d=5).double().eval()
+    features = {m: f.double() for m, f in _features(dims).items()}
+    captured = {}
+    fusion.head.register_forward_hook(lambda _m, inputs, _o: captured.update(fused=inputs[0]))
+    with torch.no_grad():
+        for present in (None, {m: MIXED.get(m, torch.ones(BATCH, dtype=torch.bool)) for m in dims}):
+            fusion(features, present)
+            torch.testing.assert_close(captured["fused"], _full_tensor_fusion(fusion, features, present))
+
+
+def test_lmf_rank_sets_the_factor_shapes_and_is_checked():
+    fusion = _fusion("lmf", DIMS, rank=7, d=16)
+    assert fusion.factors["image"].shape == (7, DIMS["image"] + 1, 16) and fusion.rank_weights.shape == (7,)
+    with pytest.raises(ConfigError, match=r"model\.fusion: rank must be >= 1, got 0"):
+        _config(["image", "tabular"], {"name": "lmf", "rank": 0})
+
+
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_bf16_autocast_gives_finite_float_scores(fusion):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = _fusion(fusion, DIMS)(_features(DIMS), MIXED if FUSIONS.metadata(fusion)["supports_missing"] else None)
@@ -274,6 +318,8 @@ def test_bf16_autocast_gives_finite_float_scores(fusion):
 # Modality dropout
 # --------------------------------------------------------------------------------------------------
 class _RecordPresence(nn.Module):
+    encode = Fusion.encode  # every encoder on its own input, as a fusion does
+
     def forward(self, features, present):
         self.present = present
         return torch.zeros(next(iter(features.values())).shape[0], 2)
@@ -330,7 +376,7 @@ def test_modality_dropout_needs_a_fusion_that_supports_missing_modalities():
     with pytest.raises(
         ConfigError,
         match=r"model\.modality_dropout 0\.3: model\.fusion 'concat' cannot handle missing modalities.*"
-        r"use a fusion that supports them \(attention, gated, late_weighted\)",
+        r"use a fusion that supports them \(attention, gated, late_weighted, lmf\)",
     ):
         _config(["image", "tabular"], "concat", **{"model.modality_dropout": 0.3})
 
@@ -344,7 +390,7 @@ def test_modality_dropout_must_be_a_probability_below_one(p):
 # --------------------------------------------------------------------------------------------------
 # Registry metadata and config checks
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_every_fusion_is_a_fusion_named_by_the_registry_with_its_options(fusion):
     module = _fusion(fusion, DIMS)
     assert isinstance(module, Fusion) and module.name == fusion
@@ -353,7 +399,7 @@ def test_every_fusion_is_a_fusion_named_by_the_registry_with_its_options(fusion)
     assert module.options == (config_cls() if config_cls else None)  # the registered options' defaults
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("fusion", VECTOR_FUSIONS)
 def test_modality_weights_of_the_last_forward_are_per_sample_and_sum_to_one_over_present(fusion):
     module = _fusion(fusion, DIMS).eval()
     assert module.modality_weights() is None  # no forward yet
@@ -362,7 +408,7 @@ def test_modality_weights_of_the_last_forward_are_per_sample_and_sum_to_one_over
         module(_features(DIMS), present)
     weights = module.modality_weights()
     if weights is None:  # concat and early fusion weigh nothing per sample
-        assert fusion in ("concat", "early")
+        assert fusion in ("concat", "early", "lmf")
         return
     assert isinstance(weights, ModalityWeights) and weights.modalities == sorted(DIMS) and weights.source
     assert weights.values.shape == (BATCH, len(DIMS))
