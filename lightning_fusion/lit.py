@@ -116,7 +116,7 @@ class FusionLitModule(L.LightningModule):
         aux_weight = self.experiment_config.model.aux_loss_weight
         if aux_weight > 0:
             logits, auxiliary = self.model({m: batch[m] for m in self.modalities} | _present(batch), auxiliary=True)
-            loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight)
+            loss = training_loss(logits.float(), batch["label"], self.class_weight, self.experiment_config.optim)
             aux_loss = self._auxiliary_loss(auxiliary, batch)
             self.log("train/aux_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
             objective = loss + aux_weight * aux_loss
@@ -130,7 +130,8 @@ class FusionLitModule(L.LightningModule):
         return objective
 
     def _auxiliary_loss(self, auxiliary: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
-        """Σ over the auxiliary heads of their class-weighted cross-entropy, on the samples that have the modality."""
+        """Σ over the auxiliary heads of their class-weighted loss (``optim.loss``), on the samples that have
+        the modality."""
         present = batch.get("present") or {}
         total = torch.zeros((), device=batch["label"].device)
         for name, logits in auxiliary.items():
@@ -138,7 +139,9 @@ class FusionLitModule(L.LightningModule):
             rows = torch.ones_like(batch["label"], dtype=torch.bool) if rows is None else rows.bool()
             if bool(rows.any()):
                 target = batch["label"][rows]
-                total = total + F.cross_entropy(logits[rows].float(), target, weight=self.class_weight)
+                total = total + training_loss(
+                    logits[rows].float(), target, self.class_weight, self.experiment_config.optim
+                )
         return total
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
