@@ -36,6 +36,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_fusion.config import TrackingConfig
+from lightning_fusion.errors import TrackingError
 from lightning_fusion.fit import signals
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -59,7 +60,11 @@ class RunLogger(MLFlowLogger):
 
     def __init__(self, **options: Any) -> None:
         if rank_zero_only.rank == 0:
-            super().__init__(**options)
+            try:
+                super().__init__(**options)  # opens (or creates) the store
+            except Exception as err:  # a locked or unreadable SQLite store, a bad URI
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise TrackingError(f"{options.get('tracking_uri')}: cannot open the MLflow store: {reason}") from None
             return
         # Not rank 0: MLFlowLogger's attributes without its client (see the module docstring).
         Logger.__init__(self)
@@ -102,6 +107,14 @@ class RunLogger(MLFlowLogger):
                 self.experiment.set_terminated(self.run_id, "KILLED")
             return
         super().finalize(status)
+
+    def open(self) -> str:
+        """Create (or open) the run now; a store that cannot be used is a :class:`TrackingError` (no run)."""
+        try:
+            return self.run_id or ""
+        except Exception as err:  # MlflowException (server unreachable), SQLAlchemy's "database is locked"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrackingError(f"{self._tracking_uri}: cannot start an MLflow run there: {reason}") from None
 
     @property
     def existing_run_id(self) -> str | None:

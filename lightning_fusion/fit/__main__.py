@@ -4,8 +4,9 @@ With no argument: generate (once, then cached) the built-in synthetic perfusion 
 image + clinical fusion model on it, recording the run in MLflow.
 
 ``--resume <run id | runs:/<run id> | checkpoint>`` continues a run that a signal stopped (SIGTERM,
-SIGINT: it ended KILLED; the exit status was 128 + the signal's number), in the same run; see
-:mod:`lightning_fusion.fit.resume`. In a requeued SLURM job the same command resumes by itself.
+SIGINT: it ended KILLED; the exit status was 128 + the signal's number) or an error ended, in the
+same run; see :mod:`lightning_fusion.fit.resume`. In a requeued SLURM job the same command resumes
+by itself.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     parser.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue a stopped (KILLED) run from its last completed epoch, in the same MLflow run: a run id, "
-        "runs:/<run id> or a checkpoint file; its config is kept (only where it trains and a raised "
+        help="continue a stopped (KILLED) or failed run from its last completed epoch, in the same MLflow run: a "
+        "run id, runs:/<run id> or a checkpoint file; its config is kept (only where it trains and a raised "
         "trainer.max_epochs may differ)",
     )
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation instead of one split")

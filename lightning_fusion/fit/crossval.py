@@ -124,6 +124,8 @@ def cross_validate(
     )
     rows, predictions = [], []
     try:
+        if ranks.is_global_zero():
+            parent.open()  # a store that cannot be used: one line (tracking error), no run
         parent.log_params(flatten(to_dict(config)) | {"cv.folds": k, "cv.repeats": repeats})
         parent.log_text(to_yaml(config), "config.yaml")
         parent.log_dict({f"repeat{f.repeat}/fold{f.index}": f.splits for f in folds}, "cv_splits.json")
@@ -156,6 +158,7 @@ def cross_validate(
         pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
         parent.close("success")
     except BaseException as error:
+        signals.closing()
         signum = signals.received()
         parent.close("killed" if signum is not None else end_status(error))  # FAILED unless interrupted
         if signum is None:

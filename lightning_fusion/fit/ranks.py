@@ -97,6 +97,7 @@ _KNOWN = {
         errors.LeakageError,
         errors.ModelLoadError,
         errors.PretrainedWeightsError,
+        errors.TrackingError,
         errors.UnknownNameError,
     )
 }

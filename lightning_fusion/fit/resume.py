@@ -1,9 +1,10 @@
 """``fit --resume REF``: continue a stopped run, in the same MLflow run, from its last completed epoch.
 
 ``REF`` is a run id, ``runs:/<run id>``, or a checkpoint file written by ``fit`` (it names its run).
-The run must be KILLED (a stop signal ended it) or still RUNNING (its process was killed without a
-chance to say so: ``kill -9``, out of memory, a lost node; a warning says so); a FINISHED or FAILED run,
-a cross-validation or a sweep run is refused.
+The run must be KILLED (a stop signal ended it), FAILED (an error: a dead DDP rank, a full disk, a
+lost tracking server; a warning says it may fail again) or still RUNNING (its process was killed
+without a chance to say so: ``kill -9``, out of memory, a lost node; a warning says so). A FINISHED
+run, a cross-validation or a sweep run is refused.
 
 The checkpoint: ``last.ckpt`` in the run's staging folder ``<tracking.artifact_root>/.staging/<run id>/``
 when it is still there (killed on this machine or on shared storage), else the run's ``resume/``
@@ -46,7 +47,7 @@ from lightning_fusion.config import (
     resolve,
     to_dict,
 )
-from lightning_fusion.errors import ConfigError, ModelLoadError
+from lightning_fusion.errors import ConfigError, ModelLoadError, TrackingError
 from lightning_fusion.fit import ranks
 
 log = logging.getLogger(__name__)
@@ -187,17 +188,21 @@ def _check_run(client, run_id: str, uri: str) -> None:
 
     try:
         run = client.get_run(run_id)
-    except MlflowException:
-        raise ModelLoadError(f"run {run_id}: no such run in {uri} (use --tracking-uri for another store)") from None
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ModelLoadError(f"run {run_id}: no such run in {uri} (use --tracking-uri for another store)") from None
+        raise TrackingError(f"{uri}: cannot read run {run_id}: {str(err).strip().splitlines()[0]}") from None
+    except Exception as err:  # SQLAlchemy: a locked or unreadable SQLite store
+        raise TrackingError(f"{uri}: cannot read run {run_id}: {str(err).strip().splitlines()[0]}") from None
     status, tags = run.info.status, run.data.tags
     if status == "FINISHED":
         raise ModelLoadError(f"run {run_id} is FINISHED: there is nothing to resume")
-    if status == "FAILED":
-        raise ModelLoadError(f"run {run_id} FAILED (an error, not a stop signal): start a new run instead")
     kinds = {"lf.cv": "a cross-validation", "lf.fold": "a cross-validation fold's", "lf.sweep": "a sweep"}
     for tag, kind in kinds.items():
         if tag in tags:
             raise ModelLoadError(f"run {run_id} is {kind} run; --resume continues a single fit run")
+    if status == "FAILED":
+        log.warning("run %s FAILED (an error, not a stop signal): resuming it; the error may come back", run_id)
     if status == "RUNNING":
         log.warning(
             "run %s is still RUNNING: its process ended without closing it (kill -9, out of memory, a lost node); "
@@ -225,8 +230,8 @@ def _download(client, run_id: str, staging: Path, uri: str) -> Path:
         files = sorted(local.glob("*.ckpt")) if local.is_dir() else []
         if not any(f.name == LAST for f in files):
             raise ModelLoadError(
-                f"run {run_id} kept no checkpoint to resume from (it was stopped before its first epoch ended, "
-                f"or killed without a chance to log one and its staging folder {staging} is gone)"
+                f"run {run_id} kept no checkpoint to resume from (it ended before its first epoch did, "
+                f"or was killed without a chance to log one and its staging folder {staging} is gone)"
             )
         for file in files:
             os.replace(file, staging / file.name)

@@ -164,16 +164,18 @@ def fit(
             model_logged = True
         logger.close("success")
     except BaseException as error:
+        signals.closing()
+        # The last completed epoch is kept under resume/ (KILLED by a signal, or FAILED: a dead DDP
+        # rank, a full disk, a lost store can be resumed too). Not logged (the store cannot be
+        # reached, the disk is full): it stays in the staging folder, where --resume looks first.
+        kept = _keep_for_resume(logger, staging, checkpoint)
+        keep_staging = kept is None and (staging / LAST).is_file()
+        kept = kept or (str(staging / LAST) if keep_staging else None)
         signum = signals.received()
         if signum is None:
-            # a store that cannot be reached cannot be told either: the run stays RUNNING there, and
-            # its last checkpoint stays here, so that --resume can continue it once the store is back
-            keep_staging = not _close(logger, "failed", run_id) and (staging / LAST).is_file()
+            _close(logger, "failed", run_id)
             raise
-        kept = _keep_for_resume(logger, staging, checkpoint)
-        keep_staging = kept is None and (staging / LAST).is_file()  # not logged: a resume finds it here
         _close(logger, "killed", run_id)
-        kept = kept or (str(staging / LAST) if keep_staging else None)
         raise signals.RunInterrupted(signum, run_id or None, kept) from error
     finally:
         if not keep_staging:
@@ -197,10 +199,11 @@ def fit(
 
 def _open_run(logger: RunLogger, resume: ResumePoint | None) -> str:
     """Rank 0: the new run's id (creating it), or the resumed run's, marked RUNNING again."""
+    run_id = logger.open()
     if resume is None:
-        return logger.run_id or ""
+        return run_id
     logger.reopen()
-    client, run_id = logger.experiment, resume.run_id
+    client = logger.experiment
     count = int(client.get_run(run_id).data.tags.get("lf.resumed", "0")) + 1
     client.set_tag(run_id, "lf.resumed", str(count))
     client.set_tag(run_id, f"lf.resume.{count}.epochs_done", str(resume.epoch + 1))
@@ -229,8 +232,8 @@ def _check_resumed_data(resume: ResumePoint, specs: dict[str, dict], classes: li
 
 
 def _keep_for_resume(logger: RunLogger, staging: Path, checkpoint) -> str | None:
-    """Rank 0 of a stopped run: log ``last.ckpt`` and the best checkpoint under ``resume/``; the artifact
-    path, or ``None`` when there is none (stopped in the first epoch) or it could not be logged."""
+    """Rank 0 of a stopped or failed run: log ``last.ckpt`` and the best checkpoint under ``resume/``; the
+    artifact path, or ``None`` when there is none (stopped in the first epoch) or it could not be logged."""
     last = staging / LAST
     if not ranks.is_global_zero() or not last.is_file():
         return None

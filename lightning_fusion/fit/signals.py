@@ -8,7 +8,13 @@ A signal is not a failure: the run ends KILLED, with its last checkpoint logged,
 * anywhere else (reading data, testing, logging artifacts) the first signal raises
   :class:`StopRequested` where the program is;
 * a second signal while the run is being closed is recorded and otherwise ignored, so a
-  checkpoint upload is not cut short (SIGKILL still ends the process).
+  checkpoint upload is not cut short (SIGKILL still ends the process);
+* several processes (DDP): :class:`StopTogether` replaces Lightning's handler, which broadcasts
+  from inside the signal handler (a collective at whatever point each rank was: ranks that were one
+  collective apart deadlock) and stops each rank on its own in validation. A signal is recorded;
+  after each training batch the ranks agree (one all-reduce) whether any of them got one, and all
+  stop at that batch; a signal in validation or testing stops them at the next such point, or
+  after ``trainer.fit`` / ``trainer.test``.
 
 :func:`received` says which signal arrived; the run's code turns whatever exception the stop took
 (Lightning's ``SIGTERMException``, the ``SystemExit`` it makes of a ``KeyboardInterrupt``, ours) into
@@ -21,10 +27,13 @@ import signal
 import threading
 from contextlib import ContextDecorator
 from types import FrameType
+from typing import Any
+
+import lightning as L
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_state: dict[str, int | None] = {"depth": 0, "received": None, "raised": None}
+_state: dict[str, int | None] = {"depth": 0, "received": None, "raised": None}  # raised: 0 while closing
 
 
 class StopRequested(KeyboardInterrupt):
@@ -53,10 +62,17 @@ def received() -> int | None:
     return _state["received"]
 
 
+def closing() -> None:
+    """The run is being closed (after an error or a stop): from now on a signal is recorded, never raised,
+    so that keeping the checkpoint and marking the run are not cut short."""
+    if _state["raised"] is None:
+        _state["raised"] = 0
+
+
 def raise_if_received() -> None:
     """Raise :class:`StopRequested` for a signal that arrived while Lightning's handler had it and did not stop."""
     signum = received()
-    if signum is not None and _state["raised"] is None:
+    if signum is not None and _state["raised"] is None:  # (0: closing)
         _state["raised"] = signum
         raise StopRequested(signum)
 
@@ -99,4 +115,38 @@ class StopSignals(ContextDecorator):
             raise StopRequested(signum)
 
 
-__all__ = ["RunInterrupted", "StopRequested", "StopSignals", "raise_if_received", "received"]
+class StopTogether(L.Callback):
+    """DDP: every rank stops at the same training batch when any of them got a stop signal (see above)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(received() is not None, all=False):
+            # every rank at once: Lightning's own check at the end of this batch stops them all here
+            trainer._signal_connector.received_sigterm = True
+
+    @staticmethod
+    def _take_over(trainer: L.Trainer) -> None:
+        """After Lightning registered its handlers (it restores the previous ones at teardown)."""
+        if trainer.world_size <= 1 or threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            first = _state["received"] is None
+            if first:
+                _state["received"] = signum
+                launcher = trainer.strategy.launcher  # Lightning's own launcher: pass it on to the ranks it started
+                if launcher is not None:
+                    launcher.kill(signum)
+            elif signum == signal.SIGINT:  # Ctrl+C twice: stop now
+                raise StopRequested(signum)
+
+        for signum in SIGNALS:
+            signal.signal(signum, handle)
+
+
+__all__ = ["RunInterrupted", "StopRequested", "StopSignals", "StopTogether", "raise_if_received", "received"]

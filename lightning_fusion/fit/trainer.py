@@ -14,6 +14,7 @@ from lightning_fusion.config import (
     TrainerConfig,
 )
 from lightning_fusion.fit.checkpoints import AtomicCheckpointIO, RunCheckpoint
+from lightning_fusion.fit.signals import StopTogether
 from lightning_fusion.fit.warmup import BackboneWarmup
 from lightning_fusion.tracking import RunLogger
 
@@ -64,6 +65,7 @@ def build_trainer(
         checkpoint,
         EarlyStopping(monitor="val/loss", mode="min", patience=trainer.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
+        StopTogether(),
     ]
     warmup = warmup_epochs(model)
     if warmup > 0:  # before LearningRateMonitor, which logs the new parameter group in the same epoch-start hook
