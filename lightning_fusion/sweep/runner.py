@@ -46,10 +46,11 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_fusion.config import to_dict
 from lightning_fusion.errors import ConfigError
+from lightning_fusion.fit import ranks
 from lightning_fusion.sweep.best_metric import BestMetric
 from lightning_fusion.sweep.samplers import GridOnce, build_sampler
 from lightning_fusion.sweep.study import Study, sample
-from lightning_fusion.sweep.trial import TrialJob, run_trial_process
+from lightning_fusion.sweep.trial import TrialJob, run_trial_here, run_trial_process
 from lightning_fusion.sweep.workers import (
     PROCESS_ATTR,
     WORKER_ATTR,
@@ -366,14 +367,15 @@ def _one_fit(trial: optuna.Trial, study: Study, config, parent_id: str, tags: di
     best = BestMetric(spec.metric, spec.direction)
     bests.append(best)
     run_name = f"trial-{trial.number}"  # under the study's parent run, which names the study
-    if config.trainer.several_processes:  # DDP: a fresh process per trial (see sweep/trial.py)
+    external = ranks.external_environment() is not None  # torchrun / srun started the ranks
+    if config.trainer.several_processes or external:  # DDP: a fresh process per trial (see sweep/trial.py)
         job = _job(study, config, parent_id, tags, run_name, prune_each_epoch=spec.pruner.name != "none")
 
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = run_trial_process(job, report)
+        outcome = (run_trial_here if external else run_trial_process)(job, report)
         best.best, best.epochs = outcome["best"], outcome["epochs"]
         trial.set_user_attr("world_size", outcome["world_size"])
         if outcome["pruned_at"] is not None:
@@ -424,10 +426,10 @@ def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: d
         bests.append(best)
         run_name = f"trial-{trial.number}-fold-{fold.index}"
         fold_tags = tags | {"lf.fold": str(fold.index)}
-        if config.trainer.several_processes:
-            outcome = run_trial_process(
-                _job(study, config, parent_id, fold_tags, run_name, cv=spec.cv, fold=fold.index)
-            )
+        external = ranks.external_environment() is not None
+        if config.trainer.several_processes or external:
+            job = _job(study, config, parent_id, fold_tags, run_name, cv=spec.cv, fold=fold.index)
+            outcome = (run_trial_here if external else run_trial_process)(job)
             best.best, best.epochs = outcome["best"], outcome["epochs"]
         else:
             fit(
