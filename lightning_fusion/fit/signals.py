@@ -3,18 +3,20 @@
 A signal is not a failure: the run ends KILLED, with its last checkpoint logged, and
 ``fit --resume`` continues it. While :class:`StopSignals` is active (a whole ``fit`` or ``fit --cv``):
 
-* inside ``trainer.fit`` / ``trainer.test`` Lightning's own SIGTERM handler is in place (it calls
-  ours too): it stops every rank together at the next batch, so ours only records the signal;
-* anywhere else (reading data, testing, logging artifacts) the first signal raises
-  :class:`StopRequested` where the program is;
-* a second signal while the run is being closed is recorded and otherwise ignored, so a
-  checkpoint upload is not cut short (SIGKILL still ends the process);
+* inside ``trainer.fit`` / ``trainer.test`` the stop waits for the end of the current batch (one
+  process: Lightning's own SIGTERM handler, which calls ours too, and :class:`StopTogether` for
+  SIGINT), so an epoch's metrics are never logged without its checkpoint;
 * several processes (DDP): :class:`StopTogether` replaces Lightning's handler, which broadcasts
   from inside the signal handler (a collective at whatever point each rank was: ranks that were one
   collective apart deadlock) and stops each rank on its own in validation. A signal is recorded;
   after each training batch the ranks agree (one all-reduce) whether any of them got one, and all
   stop at that batch; a signal in validation or testing stops them at the next such point, or
-  after ``trainer.fit`` / ``trainer.test``.
+  after ``trainer.fit`` / ``trainer.test``;
+* anywhere else (reading data, logging artifacts) the first signal raises :class:`StopRequested`
+  where the program is;
+* while the run is being closed (:func:`closing`) a signal is recorded and otherwise ignored, so a
+  checkpoint upload is not cut short (SIGKILL still ends the process); a second Ctrl+C inside the
+  Trainer stops at once.
 
 :func:`received` says which signal arrived; the run's code turns whatever exception the stop took
 (Lightning's ``SIGTERMException``, the ``SystemExit`` it makes of a ``KeyboardInterrupt``, ours) into
@@ -116,7 +118,7 @@ class StopSignals(ContextDecorator):
 
 
 class StopTogether(L.Callback):
-    """DDP: every rank stops at the same training batch when any of them got a stop signal (see above)."""
+    """Inside the Trainer: SIGINT stops like SIGTERM; DDP: every rank stops at the same batch (see above)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._take_over(trainer)
@@ -131,21 +133,27 @@ class StopTogether(L.Callback):
 
     @staticmethod
     def _take_over(trainer: L.Trainer) -> None:
-        """After Lightning registered its handlers (it restores the previous ones at teardown)."""
-        if trainer.world_size <= 1 or threading.current_thread() is not threading.main_thread():
+        """After Lightning registered its handlers (it restores the previous ones at teardown).
+
+        One process: SIGINT too stops at the next batch, as Lightning stops SIGTERM (a KeyboardInterrupt
+        raised between an epoch's logged metrics and its checkpoint would lose that epoch on resume).
+        Several: both signals are only recorded here; the ranks agree after each batch.
+        """
+        if threading.current_thread() is not threading.main_thread():
             return
+        several = trainer.world_size > 1
 
         def handle(signum: int, frame: FrameType | None) -> None:
-            first = _state["received"] is None
-            if first:
+            if _state["received"] is None:
                 _state["received"] = signum
-                launcher = trainer.strategy.launcher  # Lightning's own launcher: pass it on to the ranks it started
-                if launcher is not None:
-                    launcher.kill(signum)
+                if not several:
+                    trainer._signal_connector.received_sigterm = True  # Lightning's stop at the next batch
+                elif trainer.strategy.launcher is not None:  # Lightning's launcher: pass it on to its ranks
+                    trainer.strategy.launcher.kill(signum)
             elif signum == signal.SIGINT:  # Ctrl+C twice: stop now
                 raise StopRequested(signum)
 
-        for signum in SIGNALS:
+        for signum in SIGNALS if several else (signal.SIGINT,):
             signal.signal(signum, handle)
 
 

@@ -234,12 +234,12 @@ def test_sigterm_ends_the_run_killed_and_resume_finishes_it_in_the_same_run(smal
     assert run.data.params["trainer.max_epochs"] == str(epochs)
 
 
-def _stop_at_epoch(epoch: int):
-    """A training-epoch-end hook that sends this process SIGTERM at ``epoch`` (as a scheduler would)."""
+def _stop_at_epoch(epoch: int, signum: int = signal.SIGTERM):
+    """A training-epoch-end hook that sends this process ``signum`` at ``epoch`` (as a scheduler would)."""
 
     def hook(module) -> None:
         if module.current_epoch == epoch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     return hook
 
@@ -309,6 +309,43 @@ def test_requeued_slurm_job_resumes_its_run(small_cohort, mlflow_store, monkeypa
     assert f"requeued SLURM job: resuming run {run.info.run_id}" in capsys.readouterr().err
     assert _one_finished_run_with_metrics(mlflow_store["uri"], epochs=3).info.run_id == run.info.run_id
     assert not list(staging.glob("slurm-*"))
+
+
+@pytest.mark.slow
+def test_sigint_ends_the_run_killed_too(small_cohort, mlflow_store, capsys):
+    """Ctrl+C: Lightning turns the KeyboardInterrupt into SystemExit(1); the run still ends KILLED, exit 130."""
+    overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 3})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FusionLitModule, "on_train_epoch_end", _stop_at_epoch(0, signal.SIGINT), raising=False)
+        assert fit_cli.main(_argv(overrides)) == 128 + signal.SIGINT
+    [run] = _runs(mlflow_store["uri"])
+    assert run.info.status == "KILLED" and "stopped by SIGINT" in capsys.readouterr().err
+    assert "resume/last.ckpt" in _artifacts(mlflow_store["uri"], run.info.run_id, "resume")
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_the_run_running_and_resume_continues_it(small_cohort, mlflow_store, capsys):
+    """kill -9 (or the out-of-memory killer): no process can close the run, but its last checkpoint is in the
+    staging folder, and --resume (with a warning) continues the same run."""
+    overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 5, "trainer.early_stopping_patience": 20})
+    process = subprocess.Popen([sys.executable, "-m", "lightning_fusion.fit", *_argv(overrides)], env=_env())
+    database = Path(mlflow_store["uri"].removeprefix("sqlite:///"))
+    try:
+        deadline = time.monotonic() + 300
+        while _val_epochs_logged(database) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    [run] = _runs(mlflow_store["uri"])
+    assert run.info.status == "RUNNING"
+    assert (Path(mlflow_store["artifacts"]) / ".staging" / run.info.run_id / "last.ckpt").is_file()
+    capsys.readouterr()
+    assert fit_cli.main(["--resume", run.info.run_id]) == 0
+    assert "is still RUNNING: its process ended without closing it" in capsys.readouterr().err
+    assert _one_finished_run_with_metrics(mlflow_store["uri"], epochs=5).info.run_id == run.info.run_id
 
 
 def test_sigterm_before_the_run_exists_leaves_no_run(small_cohort, mlflow_store, monkeypatch, capsys):
