@@ -109,23 +109,24 @@ def cross_validate(
     first = fold_datamodule(config, modalities, folds[0])  # bad input stops here: no run exists yet
     kinds = [first.specs[m].kind for m in modalities]
     classes = first.classes
-    parent = create_run_logger(
-        config.tracking,
-        f"{config.name}-{model_kind(kinds)}-cv{k}",
-        {
-            "lf.cv": str(k),
-            "lf.cv_repeats": str(repeats),
-            "lf.model_kind": model_kind(kinds),
-            "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
-            "lf.dataset": first.summary()["dataset"],
-            "lf.modalities": ",".join(modalities),
-            "lf.experiment": config.name,
-        },
-    )
-    rows, predictions = [], []
-    try:
+    with ranks.together("store", config.trainer.accelerator):  # rank 0 opens the store; its error stops all
+        parent = create_run_logger(
+            config.tracking,
+            f"{config.name}-{model_kind(kinds)}-cv{k}",
+            {
+                "lf.cv": str(k),
+                "lf.cv_repeats": str(repeats),
+                "lf.model_kind": model_kind(kinds),
+                "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
+                "lf.dataset": first.summary()["dataset"],
+                "lf.modalities": ",".join(modalities),
+                "lf.experiment": config.name,
+            },
+        )
         if ranks.is_global_zero():
             parent.open()  # a store that cannot be used: one line (tracking error), no run
+    rows, predictions = [], []
+    try:
         parent.log_params(flatten(to_dict(config)) | {"cv.folds": k, "cv.repeats": repeats})
         parent.log_text(to_yaml(config), "config.yaml")
         parent.log_dict({f"repeat{f.repeat}/fold{f.index}": f.splits for f in folds}, "cv_splits.json")

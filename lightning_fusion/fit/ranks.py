@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_fusion import errors
@@ -57,6 +58,17 @@ def external_environment() -> ClusterEnvironment | None:
     if TorchElasticEnvironment.detect() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return TorchElasticEnvironment()
     return None
+
+
+def check_launcher() -> None:
+    """Refuse Lightning's by-hand multi-node start (``NODE_RANK=1 python -m ...``): before its Trainer
+    exists, that node's first process looks like rank 0 and would open the store and make a run of its own."""
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK")
+    if node and int(node) > 0 and _get_rank() is None:
+        raise errors.ConfigError(
+            f"NODE_RANK={node} without RANK / LOCAL_RANK / SLURM_PROCID: start several machines with torchrun "
+            "(--nnodes, --rdzv-endpoint) or SLURM's srun, which give every process its rank (docs/multi-node.md)"
+        )
 
 
 def _backend(accelerator: str) -> str:
@@ -168,4 +180,4 @@ def from_rank_zero(name: str, produce: Callable[[], T], accelerator: str = "auto
     return message["value"]
 
 
-__all__ = ["external_environment", "from_rank_zero", "global_rank", "is_global_zero", "together"]
+__all__ = ["check_launcher", "external_environment", "from_rank_zero", "global_rank", "is_global_zero", "together"]

@@ -78,6 +78,7 @@ def fit(
         RunInterrupted: a stop signal ended the run (KILLED, resumable).
     """
     started = time.perf_counter()
+    ranks.check_launcher()
     L.seed_everything(config.seed, workers=True)
     accelerator = config.trainer.accelerator
     with ranks.together("data", accelerator):  # bad input on any process stops every one: no run exists yet
@@ -108,7 +109,8 @@ def fit(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     name = run_name or f"{config.name}-{tags['lf.model_kind']}"
-    logger = create_run_logger(config.tracking, name, tags, resume.run_id if resume else None)
+    with ranks.together("store", accelerator):  # a store rank 0 cannot open stops every rank (tracking error)
+        logger = create_run_logger(config.tracking, name, tags, resume.run_id if resume else None)
     predictions: dict[str, Predictions] | None = None
     model_logged = False
     # Only rank 0 writes checkpoints; ModelCheckpoint broadcasts rank 0's folder to the other ranks.

@@ -681,3 +681,16 @@ def test_torchrun_sweep_rank_zero_is_the_only_worker_and_every_rank_trains_each_
     children = sorted(r.data.tags["optuna.trial"] for r in runs if "optuna.trial" in r.data.tags)
     assert children == ["0", "1"]  # one run per trial: only rank 0 logs
     assert len([r for r in runs if r.data.tags.get("lf.sweep_parent") == "true"]) == 1
+
+
+def test_a_by_hand_multi_node_start_is_refused(monkeypatch):
+    """NODE_RANK=1 without a rank: that node's first process would think it is rank 0 and make its own run."""
+    from lightning_fusion.errors import ConfigError
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NODE_RANK", "1")
+    with pytest.raises(ConfigError, match="start several machines with torchrun"):
+        ranks.check_launcher()
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a process Lightning's launcher started: it knows its rank
+    ranks.check_launcher()
