@@ -175,6 +175,8 @@ def stop_on_sigterm() -> None:
 
 def interrupt_exit_code(interrupt: BaseException) -> int:
     """The conventional exit status of a command stopped by ``interrupt``: 143 for SIGTERM, 130 for Ctrl-C."""
+    if isinstance(getattr(interrupt, "exit_code", None), int):  # it knows its signal (Terminated, a stopped fit)
+        return interrupt.exit_code
     ctrl_c = isinstance(interrupt, KeyboardInterrupt) and not isinstance(interrupt, Terminated)
     return 128 + signal.SIGINT if ctrl_c else Terminated.exit_code  # else SIGTERM, ours or Lightning's
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +38,6 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_fusion.config import TrackingConfig
 from lightning_fusion.errors import TrackingError
-from lightning_fusion.fit import signals
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read and written by the MLflow UI (its experiment-kind selector)
@@ -94,9 +94,10 @@ class RunLogger(MLFlowLogger):
         return client
 
     def finalize(self, status: str = "success") -> None:
-        # Lightning's own exception path marks the run FAILED at once, unless a signal stopped it
-        # (the run's code marks it KILLED once it has kept the last checkpoint).
-        if status == "failed" and signals.received() is None:
+        # Lightning's own exception path marks the run FAILED at once (it calls this while handling the
+        # exception), unless an interrupt stopped it: the run's code marks it KILLED once it has kept
+        # the last checkpoint.
+        if status == "failed" and interrupt_of(sys.exc_info()[1]) is None:
             super().finalize(status)
 
     @rank_zero_only

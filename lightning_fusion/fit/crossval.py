@@ -43,7 +43,7 @@ from lightning_fusion.mlflow_ui import (
     view_name,
     view_path,
 )
-from lightning_fusion.tracking import RunLogger, create_run_logger, end_status, resolve_tracking_uri
+from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def cross_validate(
         parent.close("success")
     except BaseException as error:
         signals.closing()
-        signum = signals.received()
-        parent.close("killed" if signum is not None else end_status(error))  # FAILED unless interrupted
+        signum = signals.stop_signal(error)
+        parent.close("failed" if signum is None else "killed")
         if signum is None:
             raise
         raise signals.RunInterrupted(signum, parent.existing_run_id) from error

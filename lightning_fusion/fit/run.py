@@ -173,7 +173,7 @@ def fit(
         kept = _keep_for_resume(logger, staging, checkpoint)
         keep_staging = kept is None and (staging / LAST).is_file()
         kept = kept or (str(staging / LAST) if keep_staging else None)
-        signum = signals.received()
+        signum = signals.stop_signal(error)
         if signum is None:
             _close(logger, "failed", run_id)
             raise

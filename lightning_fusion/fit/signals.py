@@ -64,6 +64,19 @@ def received() -> int | None:
     return _state["received"]
 
 
+def stop_signal(error: BaseException | None) -> int | None:
+    """The stop signal that ended the code ``error`` came out of: the one received, else the interrupt
+    behind ``error`` (a ``KeyboardInterrupt`` raised without a signal is Ctrl+C; Lightning's
+    ``SIGTERMException`` and :class:`~lightning_fusion.cli.Terminated` are SIGTERM); ``None`` for an error."""
+    from lightning_fusion.cli import interrupt_exit_code
+    from lightning_fusion.tracking import interrupt_of
+
+    if received() is not None:
+        return received()
+    interrupt = interrupt_of(error)
+    return None if interrupt is None else interrupt_exit_code(interrupt) - 128
+
+
 def closing() -> None:
     """The run is being closed (after an error or a stop): from now on a signal is recorded, never raised,
     so that keeping the checkpoint and marking the run are not cut short."""
@@ -157,4 +170,12 @@ class StopTogether(L.Callback):
             signal.signal(signum, handle)
 
 
-__all__ = ["RunInterrupted", "StopRequested", "StopSignals", "StopTogether", "raise_if_received", "received"]
+__all__ = [
+    "RunInterrupted",
+    "StopRequested",
+    "StopSignals",
+    "StopTogether",
+    "raise_if_received",
+    "received",
+    "stop_signal",
+]
