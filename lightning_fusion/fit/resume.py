@@ -14,8 +14,9 @@ scheduler, early-stopping and checkpoint state; epochs and logged steps continue
 
 The config is the run's (saved in the checkpoint). ``--config`` and overrides may repeat it; a
 difference is refused with its dotted keys, except for :data:`MAY_CHANGE`: where the run trains
-(accelerator, devices, nodes, strategy, loader workers, tracking store and artifact root), and
-``trainer.max_epochs``, which may be raised (not lowered) to train a stopped run for longer.
+(accelerator, devices, nodes, strategy, how batches are made and computed, tracking store and
+artifact root), and ``trainer.max_epochs``, which may be raised (not lowered) to train a stopped run
+for longer.
 
 SLURM requeue: when ``fit`` runs in a SLURM job, rank 0 writes the run id to
 ``<artifact_root>/.staging/slurm-<job id>-<config digest>.json``; when the job is requeued
@@ -58,7 +59,12 @@ MAY_CHANGE = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
-    "data.num_workers",
+    "data.num_workers",  # how batches are made and computed: the same network, the same weight names
+    "data.pipeline",
+    "data.pin_memory",
+    "trainer.channels_last",
+    "trainer.cudnn_benchmark",
+    "trainer.compile",
     "tracking.tracking_uri",
     "tracking.artifact_root",
 )

@@ -345,7 +345,11 @@ def test_sigkill_leaves_the_run_running_and_resume_continues_it(small_cohort, ml
     capsys.readouterr()
     assert fit_cli.main(["--resume", run.info.run_id]) == 0
     assert "is still RUNNING: its process ended without closing it" in capsys.readouterr().err
-    assert _one_finished_run_with_metrics(mlflow_store["uri"], epochs=5).info.run_id == run.info.run_id
+    [finished] = _runs(mlflow_store["uri"])
+    assert finished.info.status == "FINISHED" and finished.info.run_id == run.info.run_id
+    # A kill between an epoch's val/loss and its checkpoint trains that epoch again: its value is logged
+    # twice at one step (docs/faults.md, known limits; it happened on a loaded machine). Every epoch, once per step:
+    assert len({m.step for m in _history(mlflow_store["uri"], run.info.run_id, "val/loss")}) == 5
 
 
 def test_sigterm_before_the_run_exists_leaves_no_run(small_cohort, mlflow_store, monkeypatch, capsys):
@@ -390,6 +394,23 @@ def test_an_error_still_ends_the_run_failed_not_killed(small_cohort, mlflow_stor
         fit(load_config(None, small_overrides(small_cohort)))
     assert [r.info.status for r in _runs(mlflow_store["uri"])] == ["FAILED"]
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
+
+
+def test_resume_lets_where_and_how_fast_a_run_trains_change_and_refuses_the_rest():
+    """Devices, batch making and compilation may change on resume (the same network); the recipe may not."""
+    from lightning_fusion.config import to_dict
+    from lightning_fusion.errors import ConfigError
+    from lightning_fusion.fit.resume import resumed_config
+
+    checkpoint = {"hyper_parameters": {"config": to_dict(load_config(None, {"trainer.max_epochs": 4}))}}
+    allowed = {"trainer.compile": True, "data.pipeline": "device", "trainer.devices": 2, "trainer.max_epochs": 6}
+    config, changes = resumed_config(checkpoint, None, allowed, "r")
+    assert config.trainer.compile and config.trainer.max_epochs == 6
+    assert set(changes) == set(allowed)
+    with pytest.raises(ConfigError, match=r"differs from the run's at optim\.lr \(run: 0\.001, given: 0\.5\)"):
+        resumed_config(checkpoint, None, {"optim.lr": 0.5, "trainer.compile": True}, "r")
+    with pytest.raises(ConfigError, match="may be raised, not lowered"):
+        resumed_config(checkpoint, None, {"trainer.max_epochs": 2}, "r")
 
 
 # --------------------------------------------------------------------------------------------------
