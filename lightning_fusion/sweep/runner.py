@@ -10,6 +10,9 @@ Storage: by default an Optuna journal file beside the MLflow store (``optuna.jou
 ``mlflow.db``), which several processes on one machine can share; any SQLAlchemy URL (e.g.
 ``postgresql://...``) for many machines, with heartbeats so a killed worker's trial is marked failed
 and retried (``RetryHeartbeatStaleTrialCallback``, the successor of ``RetryFailedTrialCallback``).
+A journal file has no heartbeat (Optuna implements it for database storage only): there a worker
+starting fails the trials left RUNNING by a worker process of this machine that no longer runs
+(``kill -9``, out of memory), and closes their MLflow runs FAILED (:func:`forget_dead_workers`).
 Re-running the same command resumes: ``trials`` is a
 total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback``.
 
@@ -55,6 +58,7 @@ from lightning_fusion.sweep.workers import (
     PROCESS_ATTR,
     WORKER_ATTR,
     check_worker_id_free,
+    dead_workers,
     fail_trials_of,
     live_running_trials,
     process_identity,
@@ -195,6 +199,7 @@ def optimize(
     me = process_identity()
     grid = optuna_study.sampler if isinstance(optuna_study.sampler, GridOnce) else None
     stopped = None
+    forget_dead_workers(prepared, progress)
     check_worker_id_free(optuna_study, prepared.worker, me)
     try:
         finished = prepared.finished()
@@ -274,6 +279,23 @@ def forget_workers(prepared: Prepared, identities: Iterable[str]) -> None:
     """Trials that exited (killed) workers left RUNNING: FAIL in Optuna, their MLflow runs FAILED."""
     if fail_trials_of(prepared.optuna_study, identities):
         _close_failed_runs(MlflowClient(prepared.tracking_uri), prepared.parent_id, prepared.optuna_study)
+
+
+def forget_dead_workers(prepared: Prepared, progress: Callable[[str], None] = log.info) -> None:
+    """Journal storage: fail the trials that dead worker processes of this machine left RUNNING.
+
+    Database storage has Optuna's heartbeat instead (it fails and retries such a trial after the grace
+    period); a journal file has none, so without this a ``kill -9``'d worker's trial stayed RUNNING for ever.
+    """
+    if not isinstance(prepared.optuna_study._storage, JournalStorage):
+        return
+    dead = dead_workers(prepared.optuna_study)
+    if dead:
+        progress(
+            f"study {prepared.optuna_study.study_name!r}: failing the trials left RUNNING by worker(s) that no "
+            f"longer run ({', '.join(dead)})"
+        )
+        forget_workers(prepared, dead)
 
 
 def _close_failed_runs(client: MlflowClient, parent_id: str, optuna_study: optuna.Study) -> None:
