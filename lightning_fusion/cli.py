@@ -1,11 +1,12 @@
 """What the command-line entry points share: dotted overrides, the run options, the generated config
 help, and how input errors end a run.
 
-``fit``, ``compare``, ``sweep`` and ``predict`` print a bad config, bad data, missing weights or an
-unusable model as one line (``config error: ...``, ``data error: ...``, ``weights error: ...``,
-``model error: ...``) and exit with status 2; nothing else is caught. ``fit``, ``compare`` and
-``sweep`` list every config key in ``--help`` (generated from the schema, see
-:mod:`lightning_fusion.config.help`) and the registered components in ``--help-components KIND``.
+``fit``, ``compare``, ``sweep`` and ``predict`` print a bad config, bad data, missing weights, an
+unusable model or an MLflow store that cannot be used at the start as one line (``config error: ...``,
+``data error: ...``, ``weights error: ...``, ``model error: ...``, ``tracking error: ...``) and exit
+with status 2; nothing else is caught. ``fit``, ``compare`` and ``sweep`` list every config key in
+``--help`` (generated from the schema, see :mod:`lightning_fusion.config.help`) and the registered
+components in ``--help-components KIND``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def parse_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
 
 def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
     """``(0, result)``, or ``(2, None)`` after printing a config, data or weights error on one line."""
-    from lightning_fusion.errors import ModelLoadError, PretrainedWeightsError
+    from lightning_fusion.errors import ModelLoadError, PretrainedWeightsError, TrackingError
 
     try:
         return 0, call()
@@ -130,6 +131,8 @@ def run_reporting_input_errors(call: Callable[[], T]) -> tuple[int, T | None]:
         print(f"data error: {err}", file=sys.stderr)
     except PretrainedWeightsError as err:  # raised while building a model, before any run exists
         print(f"weights error: {err}", file=sys.stderr)
+    except TrackingError as err:  # the store could not be used to start a run: none exists
+        print(f"tracking error: {err}", file=sys.stderr)
     return 2, None
 
 
@@ -172,6 +175,8 @@ def stop_on_sigterm() -> None:
 
 def interrupt_exit_code(interrupt: BaseException) -> int:
     """The conventional exit status of a command stopped by ``interrupt``: 143 for SIGTERM, 130 for Ctrl-C."""
+    if isinstance(getattr(interrupt, "exit_code", None), int):  # it knows its signal (Terminated, a stopped fit)
+        return interrupt.exit_code
     ctrl_c = isinstance(interrupt, KeyboardInterrupt) and not isinstance(interrupt, Terminated)
     return 128 + signal.SIGINT if ctrl_c else Terminated.exit_code  # else SIGTERM, ours or Lightning's
 

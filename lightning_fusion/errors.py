@@ -37,12 +37,17 @@ class PretrainedWeightsError(RuntimeError):
     """Pretrained weights were asked for but cannot be had (offline, not cached, or a bad file)."""
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used when a run starts (server unreachable, SQLite store locked); no run exists."""
+
+
 __all__ = [
     "ConfigError",
     "DataError",
     "LeakageError",
     "ModelLoadError",
     "PretrainedWeightsError",
+    "TrackingError",
     "UnknownNameError",
     "UploadError",
 ]

@@ -69,6 +69,7 @@ class FusionLitModule(L.LightningModule):
         # trained model predicts on new patients exactly as on its test set (lightning_fusion.predict.trained_model).
         self.preprocessing: dict[str, dict[str, Any]] = {}
         self.data_splits: dict[str, list[str]] = {}  # the run's split (patient ids), so predict can flag them
+        self.run: dict[str, str] = {}  # the MLflow run that trains it ("id"), so ``fit --resume`` finds it
         # The device pipeline's batches arrive as loaded (uint8 images); each kind finishes its own
         # (lightning_fusion.data.kinds.base.ModalityKind.finish_batch), augmenting in training_step only.
         self.kinds = {m: KINDS.get(s["kind"]) for m, s in specs.items()}
@@ -189,11 +190,13 @@ class FusionLitModule(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "preprocessing": self.preprocessing,
             "splits": self.data_splits,
+            "run": self.run,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ours = checkpoint.get(CHECKPOINT_KEY, {})
         self.preprocessing, self.data_splits = ours.get("preprocessing", {}), ours.get("splits", {})
+        self.run = ours.get("run", {})
 
     # ---------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -5,15 +5,20 @@ Default store: ``sqlite:///mlflow.db`` in the working directory with artifacts u
 ``$MLFLOW_TRACKING_URI`` point elsewhere (e.g. a tracking server).
 
 A run is FINISHED only when everything, artifacts included, has been written; any error marks it
-FAILED. Lightning closes its loggers after ``fit`` and again after ``test``; :class:`RunLogger`
-ignores those "success" calls so a crash between them cannot leave a run that looks finished.
+FAILED, a stop signal (SIGTERM, SIGINT) KILLED. Lightning closes its loggers after ``fit`` and again
+after ``test``; :class:`RunLogger` ignores those "success" calls so a crash between them cannot leave
+a run that looks finished.
 
 Every experiment a run lands in is tagged ``mlflow.experimentKind = custom_model_development``, the
 value the MLflow UI's experiment-kind selector writes for experiments of trained models. MLflow
 3.17's UI picks its view from its GenAI / Model training switch instead (URL parameter
 ``workflowType``); ``docs/mlflow-ui.md`` has the URLs that open on the models.
 
-A parent run (``compare``, ``fit --cv``, a sweep) that an interrupt ends is KILLED (:func:`end_status`).
+A run or parent run (``compare``, ``fit --cv``, a sweep) that an interrupt ends is KILLED (:func:`end_status`).
+
+Several processes (DDP): only global rank 0 opens the store and has the run. On the other ranks a
+:class:`RunLogger` holds no MLflow client at all (creating one opens the store, and an SQLite store
+created by two processes at once breaks), and every method that would use one is rank-zero-only.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_fusion.config import TrackingConfig
+from lightning_fusion.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read and written by the MLflow UI (its experiment-kind selector)
@@ -51,6 +58,31 @@ def tag_for_model_training(client: Any, experiment_id: str) -> None:
 class RunLogger(MLFlowLogger):
     """An MLFlowLogger whose run is closed by :meth:`close`, not by Lightning's per-stage teardown."""
 
+    def __init__(self, **options: Any) -> None:
+        if rank_zero_only.rank == 0:
+            try:
+                super().__init__(**options)  # opens (or creates) the store
+            except Exception as err:  # a locked or unreadable SQLite store, a bad URI
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise TrackingError(f"{options.get('tracking_uri')}: cannot open the MLflow store: {reason}") from None
+            return
+        # Not rank 0: MLFlowLogger's attributes without its client (see the module docstring).
+        Logger.__init__(self)
+        self._experiment_name = options.get("experiment_name", "lightning_logs")
+        self._experiment_id: str | None = None
+        self._tracking_uri = options.get("tracking_uri") or ""
+        self._run_name = options.get("run_name")
+        self._run_id = options.get("run_id")
+        self.tags = options.get("tags")
+        self._log_model = options.get("log_model", False)
+        self._logged_model_time: dict[str, float] = {}
+        self._checkpoint_callback = None
+        self._prefix = options.get("prefix", "")
+        self._artifact_location = options.get("artifact_location")
+        self._log_batch_kwargs: dict[str, Any] = {}
+        self._initialized = False
+        self._mlflow_client = None
+
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
@@ -62,13 +94,38 @@ class RunLogger(MLFlowLogger):
         return client
 
     def finalize(self, status: str = "success") -> None:
-        if status == "failed":  # Lightning's own exception path: mark the run at once
+        # Lightning's own exception path marks the run FAILED at once (it calls this while handling the
+        # exception), unless an interrupt stopped it: the run's code marks it KILLED once it has kept
+        # the last checkpoint.
+        if status == "failed" and interrupt_of(sys.exc_info()[1]) is None:
             super().finalize(status)
 
     @rank_zero_only
     def close(self, status: str) -> None:
-        """Mark the run FINISHED (``"success"``) or FAILED (``"failed"``)."""
+        """Mark the run FINISHED (``"success"``), FAILED (``"failed"``) or KILLED (``"killed"``)."""
+        if status == "killed":
+            if self._initialized:
+                self.experiment.set_terminated(self.run_id, "KILLED")
+            return
         super().finalize(status)
+
+    def open(self) -> str:
+        """Create (or open) the run now; a store that cannot be used is a :class:`TrackingError` (no run)."""
+        try:
+            return self.run_id or ""
+        except Exception as err:  # MlflowException (server unreachable), SQLAlchemy's "database is locked"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrackingError(f"{self._tracking_uri}: cannot start an MLflow run there: {reason}") from None
+
+    @property
+    def existing_run_id(self) -> str | None:
+        """The run's id if it has been created (or opened), without creating it."""
+        return self._run_id if self._initialized else None
+
+    @rank_zero_only
+    def reopen(self) -> None:
+        """Mark the (resumed) run RUNNING again."""
+        self.experiment.update_run(self.run_id, status="RUNNING")
 
     @rank_zero_only
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -127,8 +184,11 @@ def end_status(error: BaseException) -> str:
     return "KILLED" if interrupt_of(error) is not None else "FAILED"
 
 
-def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> RunLogger:
-    """A logger for a new run in ``tracking.experiment`` (created with artifacts under ``artifact_root``)."""
+def create_run_logger(
+    tracking: TrackingConfig, run_name: str, tags: Mapping[str, str], run_id: str | None = None
+) -> RunLogger:
+    """A logger for a new run in ``tracking.experiment`` (created with artifacts under ``artifact_root``),
+    or for the existing run ``run_id`` (a resumed run)."""
     return RunLogger(
         experiment_name=tracking.experiment,
         run_name=tracking.run_name or run_name,
@@ -139,6 +199,7 @@ def create_run_logger(tracking: TrackingConfig, run_name: str, tags: Mapping[str
         .resolve()
         .as_uri(),
         log_model=False,
+        run_id=run_id,
     )
 
 

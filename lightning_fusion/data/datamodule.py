@@ -36,10 +36,19 @@ log = logging.getLogger(__name__)
 class MultimodalDataModule(L.LightningDataModule):
     """Batches of ``{modality: tensor, "label", "index", "patient_id"}`` for the configured modalities."""
 
-    def __init__(self, data: DataConfig, modalities: list[str], splits: dict[str, list[str]] | None = None) -> None:
-        """``splits`` (split → patient ids) replaces the configured split, e.g. one cross-validation fold."""
+    def __init__(
+        self,
+        data: DataConfig,
+        modalities: list[str],
+        splits: dict[str, list[str]] | None = None,
+        fitted: dict[str, Preprocessor] | None = None,
+    ) -> None:
+        """``splits`` (split → patient ids) replaces the configured split, e.g. one cross-validation fold;
+        ``fitted`` (modality → preprocessor, :func:`restore_preprocessors`) is used instead of fitting
+        again, e.g. when a run resumes from its checkpoint."""
         super().__init__()
         self.given_splits = splits
+        self.fitted = dict(fitted or {})
         self.config = data
         self.modalities = list(modalities)
         self.reader = data.reader.create()
@@ -132,11 +141,14 @@ class MultimodalDataModule(L.LightningDataModule):
                 for name in SPLITS
             }
             ids = {name: [pid for pid, h in zip(splits[name], have[name]) if h] for name in SPLITS}
-            kind = kind_of(source)
-            preprocessor, train = kind.fit(source, ids["train"], y["train"][have["train"]], self.config)
+            loaded: dict[str, np.ndarray] = {}
+            if modality in self.fitted:  # fitted by the run being resumed: not fitted again
+                preprocessor = self.fitted[modality]
+            else:
+                kind = kind_of(source)
+                preprocessor, loaded["train"] = kind.fit(source, ids["train"], y["train"][have["train"]], self.config)
             if preprocessor is not None:
                 self.preprocessors[modality] = preprocessor
-            loaded = {"train": train}
             for name in SPLITS:
                 if name not in loaded:
                     loaded[name] = modality_arrays(cohort, modality, ids[name], self.config, preprocessor)

@@ -2,6 +2,11 @@
 
 With no argument: generate (once, then cached) the built-in synthetic perfusion cohort and train the
 image + clinical fusion model on it, recording the run in MLflow.
+
+``--resume <run id | runs:/<run id> | checkpoint>`` continues a run that a signal stopped (SIGTERM,
+SIGINT: it ended KILLED; the exit status was 128 + the signal's number) or an error ended, in the
+same run; see :mod:`lightning_fusion.fit.resume`. In a requeued SLURM job the same command resumes
+by itself.
 """
 
 from __future__ import annotations
@@ -34,8 +39,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     add_config_help(parser)
     parser.add_argument("--config", help="experiment YAML (default: the built-in demo)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped (KILLED) or failed run from its last completed epoch, in the same MLflow run: a "
+        "run id, runs:/<run id> or a checkpoint file; its config is kept (only where it trains and a raised "
+        "trainer.max_epochs may differ)",
+    )
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation instead of one split")
-    return parse_run_args(parser, argv)
+    args, overrides = parse_run_args(parser, argv)
+    if args.resume and args.cv:
+        parser.error("--resume continues one run; a cross-validation (--cv) is not resumed")
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,22 +62,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
-    if args.cv:
-        from lightning_fusion.cli import stop_on_sigterm
-        from lightning_fusion.fit.crossval import cross_validate
+    from lightning_fusion.fit import ranks, signals
 
-        stop_on_sigterm()  # SIGTERM ends the cross-validation's parent run KILLED instead of leaving it RUNNING
+    try:
+        if args.cv:
+            from lightning_fusion.fit.crossval import cross_validate
 
-        code, cv_result = run_reporting_input_errors(lambda: cross_validate(config, args.cv, args.cv_repeats))
-        if cv_result is not None:
-            _print_cv_summary(config, cv_result, args.cv)
-        return code
+            code, cv_result = run_reporting_input_errors(lambda: cross_validate(config, args.cv, args.cv_repeats))
+            if cv_result is not None and ranks.is_global_zero():
+                _print_cv_summary(config, cv_result, args.cv)
+            return code
+        return _fit(args, overrides, config)
+    except signals.RunInterrupted as stopped:
+        _print_stopped(stopped, config)
+        return stopped.exit_code
+    except (KeyboardInterrupt, SystemExit):
+        signum = signals.received()
+        if signum is None:
+            raise
+        if ranks.is_global_zero():
+            print(f"stopped by {_signal_name(signum)} before a run existed", file=sys.stderr)
+        return 128 + signum
+
+
+def _fit(args: argparse.Namespace, overrides: dict[str, Any], config) -> int:
+    from lightning_fusion.fit import ranks, resume
     from lightning_fusion.fit.run import fit  # heavy imports only when training
 
-    code, result = run_reporting_input_errors(lambda: fit(config))
-    if result is not None and result.run_id:  # rank 0 only: the other DDP processes have no run to report
-        _print_summary(result)
+    reference = args.resume or resume.requeued_run(config)
+    if reference and not args.resume and ranks.is_global_zero():
+        print(f"requeued SLURM job: resuming run {reference}", file=sys.stderr)
+
+    def train():
+        point = resume.prepare(reference, args.config, overrides, config) if reference else None
+        return fit(
+            point.config if point else config,
+            resume=point,
+            on_run=lambda run_id: resume.remember_for_requeue(config, run_id),
+        )
+
+    from lightning_fusion.fit.signals import RunInterrupted
+
+    try:
+        code, result = run_reporting_input_errors(train)
+    except RunInterrupted:
+        raise  # resumable: a requeued job finds the run
+    except BaseException:
+        if ranks.is_global_zero():
+            resume.forget_for_requeue(config)
+        raise
+    if ranks.is_global_zero():
+        resume.forget_for_requeue(config)  # finished, or bad input: a requeued job starts afresh
+        if result is not None and result.run_id:  # the other processes have nothing to report
+            _print_summary(result)
     return code
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _print_stopped(stopped, config) -> None:
+    """Rank 0: which run was stopped, what it kept, and the command that resumes it."""
+    from lightning_fusion.fit import ranks
+
+    if not ranks.is_global_zero():
+        return
+    name = _signal_name(stopped.signum)
+    if not stopped.run_id:
+        print(f"stopped by {name} before a run existed", file=sys.stderr)
+        return
+    print(f"stopped by {name}: MLflow run {stopped.run_id} is KILLED", file=sys.stderr)
+    if stopped.checkpoint:
+        uri = f" --tracking-uri {config.tracking.tracking_uri}" if config.tracking.tracking_uri else ""
+        print(f"  its last completed epoch is kept: {stopped.checkpoint}", file=sys.stderr)
+        print(f"  resume: python -m lightning_fusion.fit --resume {stopped.run_id}{uri}", file=sys.stderr)
 
 
 def _print_cv_summary(config, result, k: int) -> None:

@@ -21,6 +21,7 @@ from lightning_fusion.evaluation.presence import presence_pattern_metrics, prese
 from lightning_fusion.evaluation.report import presence_section, run_report
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation, png_bytes
 from lightning_fusion.evaluation.threshold import THRESHOLDED_METRICS, OperatingPoint, operating_point_metrics
+from lightning_fusion.fit.checkpoints import AtomicCheckpointIO
 from lightning_fusion.fit.results import Predictions
 from lightning_fusion.lit import CHECKPOINT_KEY, FusionLitModule
 from lightning_fusion.metrics import confusion_matrix_figure, report_table
@@ -119,7 +120,7 @@ def log_operating_point(logger: RunLogger, point: OperatingPoint, checkpoint: st
     if checkpoint:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         state[CHECKPOINT_KEY]["operating_point"] = point.to_dict()
-        torch.save(state, checkpoint)
+        AtomicCheckpointIO().save_checkpoint(state, checkpoint)  # a kill mid-write keeps the old file
 
 
 def log_explanations(logger: RunLogger, module: FusionLitModule, datamodule: MultimodalDataModule, count: int) -> None:

@@ -31,6 +31,7 @@ from lightning_fusion.errors import ConfigError
 from lightning_fusion.evaluation import Interval
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation
+from lightning_fusion.fit import ranks, signals
 from lightning_fusion.fit.results import Predictions, model_kind
 from lightning_fusion.fit.run import fit
 from lightning_fusion.mlflow_ui import (
@@ -42,7 +43,7 @@ from lightning_fusion.mlflow_ui import (
     view_name,
     view_path,
 )
-from lightning_fusion.tracking import RunLogger, create_run_logger, end_status, resolve_tracking_uri
+from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +94,37 @@ def fold_datamodule(config: ExperimentConfig, modalities: list[str], fold: Fold)
     return datamodule
 
 
+@signals.StopSignals()
 def cross_validate(
     config: ExperimentConfig, k: int, repeats: int = 1, progress: Callable[[str], None] = log.info
-) -> CrossValidationResult:
-    """Train and test one model per fold; aggregate on a parent run. See the module docstring."""
+) -> CrossValidationResult | None:
+    """Train and test one model per fold; aggregate on a parent run. See the module docstring.
+
+    Several processes (DDP): every one trains each fold; rank 0 alone has the runs and aggregates,
+    the others return ``None``. A stop signal ends the fold run and the parent KILLED
+    (:class:`~lightning_fusion.fit.signals.RunInterrupted`; a cross-validation is not resumed).
+    """
     modalities = list(config.model.modalities)
     folds = plan_folds(config, modalities, k, repeats)
     first = fold_datamodule(config, modalities, folds[0])  # bad input stops here: no run exists yet
     kinds = [first.specs[m].kind for m in modalities]
     classes = first.classes
-    parent = create_run_logger(
-        config.tracking,
-        f"{config.name}-{model_kind(kinds)}-cv{k}",
-        {
-            "lf.cv": str(k),
-            "lf.cv_repeats": str(repeats),
-            "lf.model_kind": model_kind(kinds),
-            "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
-            "lf.dataset": first.summary()["dataset"],
-            "lf.modalities": ",".join(modalities),
-            "lf.experiment": config.name,
-        },
-    )
+    with ranks.together("store", config.trainer.accelerator):  # rank 0 opens the store; its error stops all
+        parent = create_run_logger(
+            config.tracking,
+            f"{config.name}-{model_kind(kinds)}-cv{k}",
+            {
+                "lf.cv": str(k),
+                "lf.cv_repeats": str(repeats),
+                "lf.model_kind": model_kind(kinds),
+                "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
+                "lf.dataset": first.summary()["dataset"],
+                "lf.modalities": ",".join(modalities),
+                "lf.experiment": config.name,
+            },
+        )
+        if ranks.is_global_zero():
+            parent.open()  # a store that cannot be used: one line (tracking error), no run
     rows, predictions = [], []
     try:
         parent.log_params(flatten(to_dict(config)) | {"cv.folds": k, "cv.repeats": repeats})
@@ -130,6 +140,8 @@ def cross_validate(
                 run_name=f"fold-{fold.index}" if repeats == 1 else f"r{fold.repeat}-fold-{fold.index}",
                 extra_tags={"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)},
             )
+            if not ranks.is_global_zero():  # the other processes train; rank 0 keeps the results
+                continue
             counts = {name: len(ids) for name, ids in fold.splits.items()}
             rows.append(
                 {"repeat": fold.repeat, "fold": fold.index}
@@ -138,15 +150,21 @@ def cross_validate(
                 | {"run_id": result.run_id}
             )
             predictions.append((fold, result.predictions["test"]))
+        if not ranks.is_global_zero():
+            return None
         table = pd.DataFrame(rows)
         mean = {m: float(table[m].mean()) for m in FOLD_METRICS if m in table}
         std = {m: float(table[m].std(ddof=1)) if len(table) > 1 else 0.0 for m in mean}
         oof = oof_frame(predictions, classes)
         pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
         parent.close("success")
-    except BaseException as err:
-        parent.close(end_status(err))  # KILLED by an interrupt, FAILED otherwise
-        raise
+    except BaseException as error:
+        signals.closing()
+        signum = signals.stop_signal(error)
+        parent.close("failed" if signum is None else "killed")
+        if signum is None:
+            raise
+        raise signals.RunInterrupted(signum, parent.existing_run_id) from error
     return CrossValidationResult(
         parent.run_id or "",
         parent.experiment_id,

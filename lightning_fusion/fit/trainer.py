@@ -17,6 +17,8 @@ from lightning_fusion.config import (
 )
 from lightning_fusion.config.schema import MONITORED
 from lightning_fusion.fit.averaging import weight_averaging
+from lightning_fusion.fit.checkpoints import AtomicCheckpointIO, RunCheckpoint
+from lightning_fusion.fit.signals import StopTogether
 from lightning_fusion.fit.warmup import BackboneWarmup
 from lightning_fusion.tracking import RunLogger
 
@@ -51,20 +53,26 @@ def build_trainer(
 
     During a warm-up early stopping cannot end the run (``min_epochs`` = warm-up + 1; the callback
     restarts the patience when it unfreezes).
+
+    ``checkpoint_dir`` gets the best checkpoint and ``last.ckpt`` (each epoch: what a stopped run
+    resumes from), written atomically; it is also the Trainer's root folder (Lightning's SLURM
+    auto-requeue writes its ``hpc_ckpt_*.ckpt`` there, never beside another run's).
     """
     mode = MONITORED[trainer.monitor]
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:02d}",
         monitor=trainer.monitor,
         mode=mode,
         save_top_k=1,
+        save_last=True,
         auto_insert_metric_name=False,
     )
     callbacks = [
         checkpoint,
         EarlyStopping(monitor=trainer.monitor, mode=mode, patience=trainer.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
+        StopTogether(),
     ]
     warmup = warmup_epochs(model)
     if warmup > 0:  # before LearningRateMonitor, which logs the new parameter group in the same epoch-start hook
@@ -90,6 +98,8 @@ def build_trainer(
             log_every_n_steps=trainer.log_every_n_steps,
             logger=logger,
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=checkpoint_dir,
             enable_progress_bar=sys.stderr.isatty(),
             enable_model_summary=False,
         ),

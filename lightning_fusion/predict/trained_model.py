@@ -285,13 +285,17 @@ def feature_names(preprocessors: dict[str, Any]) -> dict[str, list[str]]:
     return names
 
 
-def load_trained(path: str | Path) -> TrainedModel:
-    """Load a checkpoint written by ``fit`` with ``weights_only=True``; errors say what is wrong with it."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by ``fit``, read with ``weights_only=True``, its config, specs, classes and
+    fitted preprocessing present; a damaged or foreign file is a :class:`ModelLoadError` naming it."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise ModelLoadError(f"{path}: not a checkpoint that loads safely (weights_only=True): {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"{path}: not a checkpoint that loads safely (weights_only=True), damaged or not a checkpoint: {reason}"
+        ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or not {"config", "specs", "classes"} <= set(hparams):
         raise ModelLoadError(
@@ -303,12 +307,26 @@ def load_trained(path: str | Path) -> TrainedModel:
         raise ModelLoadError(f"{path}: the checkpoint has no fitted preprocessing; re-train it with this version")
     if ours.get("format", 0) > CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: checkpoint format {ours['format']} is newer than this lightning_fusion reads")
-    config = copy.deepcopy(hparams["config"])
-    for encoder in config["model"]["encoders"].values():  # the weights come from the checkpoint, not a hub
+    return checkpoint
+
+
+def without_hub_weights(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with pretrained weights off: the weights come from the checkpoint, not a hub."""
+    config = copy.deepcopy(config)
+    for encoder in config["model"]["encoders"].values():
         if "pretrained" in encoder:
             encoder["pretrained"] = False
         if "weights_path" in encoder:
             encoder["weights_path"] = None
+    return config
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load a checkpoint written by ``fit`` with ``weights_only=True``; errors say what is wrong with it."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    hparams, ours = checkpoint["hyper_parameters"], checkpoint[CHECKPOINT_KEY]
+    config = without_hub_weights(hparams["config"])
     module = FusionLitModule(config, hparams["specs"], hparams["classes"], hparams.get("class_weights"))
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)

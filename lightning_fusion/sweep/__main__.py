@@ -64,6 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--worker-id must be >= 0, got {args.worker_id}")
     log_to_stderr()
     stop_on_sigterm()  # SIGTERM ends the parent run KILLED instead of leaving it RUNNING
+    from lightning_fusion.fit import ranks
+
+    if ranks.external_environment() is not None:  # started by torchrun / srun: rank 0 is the only worker
+        from lightning_fusion.sweep import trial
+
+        if not ranks.is_global_zero():
+            return trial.follow_rank_zero()
+        if args.workers > 1:
+            parser.error("--workers starts worker processes; under torchrun / srun the ranks are the processes")
+        try:
+            return _main(args)
+        finally:
+            trial.release_followers()
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from lightning_fusion.mlflow_ui import run_url, view_url

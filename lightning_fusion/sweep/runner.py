@@ -10,6 +10,9 @@ Storage: by default an Optuna journal file beside the MLflow store (``optuna.jou
 ``mlflow.db``), which several processes on one machine can share; any SQLAlchemy URL (e.g.
 ``postgresql://...``) for many machines, with heartbeats so a killed worker's trial is marked failed
 and retried (``RetryHeartbeatStaleTrialCallback``, the successor of ``RetryFailedTrialCallback``).
+A journal file has no heartbeat (Optuna implements it for database storage only): there a worker
+starting fails the trials left RUNNING by a worker process of this machine that no longer runs
+(``kill -9``, out of memory), and closes their MLflow runs FAILED (:func:`forget_dead_workers`).
 Re-running the same command resumes: ``trials`` is a
 total of finished (complete or pruned) trials, enforced with ``MaxTrialsCallback``.
 
@@ -46,14 +49,16 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_fusion.config import to_dict
 from lightning_fusion.errors import ConfigError
+from lightning_fusion.fit import ranks
 from lightning_fusion.sweep.best_metric import BestMetric
 from lightning_fusion.sweep.samplers import GridOnce, build_sampler
 from lightning_fusion.sweep.study import Study, sample
-from lightning_fusion.sweep.trial import TrialJob, run_trial_process
+from lightning_fusion.sweep.trial import TrialJob, run_trial_here, run_trial_process
 from lightning_fusion.sweep.workers import (
     PROCESS_ATTR,
     WORKER_ATTR,
     check_worker_id_free,
+    dead_workers,
     fail_trials_of,
     live_running_trials,
     process_identity,
@@ -194,6 +199,7 @@ def optimize(
     me = process_identity()
     grid = optuna_study.sampler if isinstance(optuna_study.sampler, GridOnce) else None
     stopped = None
+    forget_dead_workers(prepared, progress)
     check_worker_id_free(optuna_study, prepared.worker, me)
     try:
         finished = prepared.finished()
@@ -273,6 +279,23 @@ def forget_workers(prepared: Prepared, identities: Iterable[str]) -> None:
     """Trials that exited (killed) workers left RUNNING: FAIL in Optuna, their MLflow runs FAILED."""
     if fail_trials_of(prepared.optuna_study, identities):
         _close_failed_runs(MlflowClient(prepared.tracking_uri), prepared.parent_id, prepared.optuna_study)
+
+
+def forget_dead_workers(prepared: Prepared, progress: Callable[[str], None] = log.info) -> None:
+    """Journal storage: fail the trials that dead worker processes of this machine left RUNNING.
+
+    Database storage has Optuna's heartbeat instead (it fails and retries such a trial after the grace
+    period); a journal file has none, so without this a ``kill -9``'d worker's trial stayed RUNNING for ever.
+    """
+    if not isinstance(prepared.optuna_study._storage, JournalStorage):
+        return
+    dead = dead_workers(prepared.optuna_study)
+    if dead:
+        progress(
+            f"study {prepared.optuna_study.study_name!r}: failing the trials left RUNNING by worker(s) that no "
+            f"longer run ({', '.join(dead)})"
+        )
+        forget_workers(prepared, dead)
 
 
 def _close_failed_runs(client: MlflowClient, parent_id: str, optuna_study: optuna.Study) -> None:
@@ -366,14 +389,15 @@ def _one_fit(trial: optuna.Trial, study: Study, config, parent_id: str, tags: di
     best = BestMetric(spec.metric, spec.direction)
     bests.append(best)
     run_name = f"trial-{trial.number}"  # under the study's parent run, which names the study
-    if config.trainer.several_processes:  # DDP: a fresh process per trial (see sweep/trial.py)
+    external = ranks.external_environment() is not None  # torchrun / srun started the ranks
+    if config.trainer.several_processes or external:  # DDP: a fresh process per trial (see sweep/trial.py)
         job = _job(study, config, parent_id, tags, run_name, prune_each_epoch=spec.pruner.name != "none")
 
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = run_trial_process(job, report)
+        outcome = (run_trial_here if external else run_trial_process)(job, report)
         best.best, best.epochs = outcome["best"], outcome["epochs"]
         trial.set_user_attr("world_size", outcome["world_size"])
         if outcome["pruned_at"] is not None:
@@ -424,10 +448,10 @@ def _cv_trial(trial: optuna.Trial, study: Study, config, parent_id: str, tags: d
         bests.append(best)
         run_name = f"trial-{trial.number}-fold-{fold.index}"
         fold_tags = tags | {"lf.fold": str(fold.index)}
-        if config.trainer.several_processes:
-            outcome = run_trial_process(
-                _job(study, config, parent_id, fold_tags, run_name, cv=spec.cv, fold=fold.index)
-            )
+        external = ranks.external_environment() is not None
+        if config.trainer.several_processes or external:
+            job = _job(study, config, parent_id, fold_tags, run_name, cv=spec.cv, fold=fold.index)
+            outcome = (run_trial_here if external else run_trial_process)(job)
             best.best, best.epochs = outcome["best"], outcome["epochs"]
         else:
             fit(

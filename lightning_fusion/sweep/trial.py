@@ -14,6 +14,13 @@ Pruning: each validation epoch, the study metric (synchronised across ranks: ``s
 torchmetrics) is sent by rank 0 over a pipe to the worker, which reports it to its Optuna trial and
 answers whether to prune; rank 0 broadcasts the answer and every rank stops together
 (:class:`PruneThroughWorker`). Only rank 0 writes the result file and has an MLflow run.
+
+Processes started by ``torchrun`` or SLURM's ``srun`` (several, each running the sweep command):
+there is no trial process to start, the ranks exist already. Global rank 0 is the only worker (the
+only process that opens the Optuna storage and MLflow); it hands each trial's job to the others
+through the process group's store (:func:`run_trial_here`), and every rank trains it in its own
+process, Trainer after Trainer on the same process group; the other ranks only follow
+(:func:`follow_rank_zero`) until rank 0 says the study is done (:func:`release_followers`).
 """
 
 from __future__ import annotations
@@ -161,6 +168,16 @@ class _WorkerChannel:
         return bool(json.loads(line)["prune"])
 
 
+class _DirectChannel:
+    """Rank 0 of a sweep under torchrun / srun: the worker is this process; ask its Optuna trial directly."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+
+    def ask(self, step: int, value: float) -> bool:
+        return bool(self.report(step, value))
+
+
 class PruneThroughWorker(L.Callback):
     """Reports the (rank-synchronised) study metric to the worker each epoch; all ranks stop if it prunes."""
 
@@ -189,8 +206,8 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
     tmp.replace(path)  # the worker never reads half a result
 
 
-def run_job(job: TrialJob, channel_spec: str | None) -> dict[str, Any]:
-    """Train the trial (every rank); rank 0's summary is returned and written to ``job.result_path``."""
+def run_job(job: TrialJob, channel: _WorkerChannel | _DirectChannel | None) -> dict[str, Any]:
+    """Train the trial (every rank); rank 0's summary is returned (``main`` writes it to ``job.result_path``)."""
     from lightning_fusion.config import resolve, to_dict
     from lightning_fusion.fit.crossval import fold_datamodule, plan_folds
     from lightning_fusion.fit.run import fit
@@ -203,7 +220,7 @@ def run_job(job: TrialJob, channel_spec: str | None) -> dict[str, Any]:
         datamodule = fold_datamodule(config, modalities, plan_folds(config, modalities, job.cv, 1)[job.fold])
     same = SameTrialOnEveryRank(config_digest(to_dict(config), job.fold))
     best = BestMetric(job.metric, job.direction)
-    pruning = PruneThroughWorker(job.metric, _WorkerChannel(channel_spec) if channel_spec else None)
+    pruning = PruneThroughWorker(job.metric, channel)
     callbacks: list[L.Callback] = [same, best] + ([pruning] if job.prune_each_epoch else [])
     result = fit(
         config,
@@ -223,6 +240,53 @@ def run_job(job: TrialJob, channel_spec: str | None) -> dict[str, Any]:
     }
 
 
+def _checked(job: TrialJob, result: dict[str, Any]) -> dict[str, Any]:
+    if result["best"] is None:
+        raise ValueError(f"{job.metric} was never logged: no validation epoch ran (see Lightning's messages above)")
+    if not math.isfinite(result["best"]):
+        raise FloatingPointError(f"{job.metric} is {result['best']}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes started by torchrun / srun
+
+
+_SHARED = "sweep-trial"  # what rank 0 hands out: a job, or None when the study is done
+
+
+def run_trial_here(job: TrialJob, report: Any = None) -> dict[str, Any]:
+    """Rank 0 (the worker): hand ``job`` to the other ranks and train it with them, in this process."""
+    from lightning_fusion.fit import ranks
+
+    ranks.from_rank_zero(_SHARED, lambda: asdict(job), job.config["trainer"]["accelerator"])
+    return _checked(job, run_job(job, _DirectChannel(report) if report else None))
+
+
+def release_followers(accelerator: str = "auto") -> None:
+    """Rank 0, once the study is done (or failed): the other ranks stop following."""
+    from lightning_fusion.fit import ranks
+
+    ranks.from_rank_zero(_SHARED, lambda: None, accelerator)
+
+
+def follow_rank_zero(accelerator: str = "auto") -> int:
+    """A rank > 0 of a sweep under torchrun / srun: train every trial rank 0 hands out, until it says done."""
+    import logging
+
+    from lightning_fusion.fit import ranks
+
+    while True:
+        shared = ranks.from_rank_zero(_SHARED, lambda: None, accelerator)
+        if shared is None:
+            return 0
+        job = TrialJob(**shared)
+        try:
+            run_job(job, None)
+        except Exception as err:  # rank 0 fails the trial in Optuna; this rank waits for the next one
+            logging.getLogger(__name__).warning("%s failed on this rank: %s", job.run_name, err)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -234,11 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     job = TrialJob(**json.loads(Path(argv[0]).read_text()))
     log_to_stderr()
     try:
-        result = run_job(job, channel)
-        if result["best"] is None:
-            raise ValueError(f"{job.metric} was never logged: no validation epoch ran (see Lightning's messages above)")
-        if not math.isfinite(result["best"]):
-            raise FloatingPointError(f"{job.metric} is {result['best']}")
+        result = _checked(job, run_job(job, _WorkerChannel(channel) if channel else None))
     except Exception as err:
         if rank_zero_only.rank == 0:
             _write_result(job.result_path, {"error": f"{type(err).__name__}: {err}"})

@@ -69,6 +69,13 @@ def live_running_trials(study: optuna.Study, not_of: Iterable[str] = ()) -> list
     ]
 
 
+def dead_workers(study: optuna.Study) -> list[str]:
+    """The processes (``host:pid``) of RUNNING trials that no longer run (of this host: see :func:`process_alive`)."""
+    running = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    identities = {t.user_attrs.get(PROCESS_ATTR) for t in running}
+    return sorted(str(p) for p in identities if p and not process_alive(p))
+
+
 def check_worker_id_free(study: optuna.Study, worker: int, me: str) -> None:
     """A clear error when a live process runs a trial of this study as worker ``worker``."""
     for trial in live_running_trials(study, not_of=[me]):
@@ -97,6 +104,7 @@ __all__ = [
     "PROCESS_ATTR",
     "WORKER_ATTR",
     "check_worker_id_free",
+    "dead_workers",
     "fail_trials_of",
     "live_running_trials",
     "process_alive",

@@ -135,9 +135,11 @@ def test_sigterm_ends_fit_cv_and_its_runs(small_cohort, mlflow_store):
         f"--{k}={json.dumps(v) if isinstance(v, dict) else v}"
         for k, v in small_overrides(small_cohort, **{"trainer.max_epochs": 500}).items()
     ]
-    interrupt_while_training(argv, mlflow_store["uri"], signal.SIGTERM, lambda runs: len(runs) >= 2)
+    code = interrupt_while_training(argv, mlflow_store["uri"], signal.SIGTERM, lambda runs: len(runs) >= 2)
+    assert code == 128 + signal.SIGTERM  # a stop, not a failure (it was 1)
     runs = all_runs(mlflow_store["uri"])
     assert [r.info.status for r in runs if r.data.tags.get("lf.cv") == "3"] == ["KILLED"]
+    assert [r.info.status for r in runs if "lf.fold" in r.data.tags] == ["KILLED"]  # the fold it was training
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 

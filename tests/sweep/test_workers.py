@@ -335,6 +335,36 @@ def test_an_interrupted_sweep_kills_the_parent_and_leaves_nothing_running(
     assert all(t.state == TrialState.FAIL for t in trials)
 
 
+def test_a_killed_workers_trial_on_a_journal_is_failed_by_the_next_worker_and_the_study_finishes(
+    tmp_path, small_cohort, mlflow_store
+):
+    """``kill -9`` of a lone worker inside a trial: a journal has no heartbeat, so the trial stays RUNNING
+    until the next worker on this machine fails it (and its MLflow run); that worker finishes the study."""
+    name = "killed"
+    path = _write_study(tmp_path, small_cohort, trials=1, name=name, overrides={"trainer.max_epochs": 500})
+    storage, uri = str(tmp_path / "s.journal"), mlflow_store["uri"]
+    process = _start_sweep(path, storage, uri)
+    try:
+        _wait_for_training(name, storage, uri, 1, process)
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    [left] = optuna.load_study(study_name=name, storage=_journal(storage)).trials
+    assert left.state == TrialState.RUNNING  # what the next worker has to clean up
+
+    path = _write_study(tmp_path, small_cohort, trials=1, name=name, overrides={"trainer.max_epochs": 1})
+    assert sweep_cli.main([str(path), "--storage", storage, "--tracking-uri", uri]) == 0
+    trials, runs = _nothing_left_running(name, storage, uri)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert {r.data.tags["optuna.trial"]: r.info.status for r in runs if "optuna.trial" in r.data.tags} == {
+        "0": "FAILED",
+        "1": "FINISHED",
+    }
+    assert _parent(uri, name).info.status == "FINISHED"
+
+
 def test_a_worker_leaves_the_parent_running_while_another_worker_is_inside_a_trial(
     tmp_path, small_cohort, mlflow_store
 ):
