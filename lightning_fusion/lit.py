@@ -13,20 +13,22 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_fusion.config import ExperimentConfig, resolve, to_dict
 from lightning_fusion.data.kinds import KINDS
+from lightning_fusion.losses import training_loss
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
 from lightning_fusion.models import ModalitySpec, build_model
+from lightning_fusion.schedules import build_schedule
 
 CHECKPOINT_KEY = "lightning_fusion"  # our part of a Lightning checkpoint: format version + fitted preprocessing
 CHECKPOINT_FORMAT = 1
 
 
 class FusionLitModule(L.LightningModule):
-    """Class-weighted cross-entropy training of a :class:`~lightning_fusion.models.MultimodalClassifier`.
+    """Training of a :class:`~lightning_fusion.models.MultimodalClassifier`: ``optim.loss`` (class-weighted by
+    default) and ``optim.schedule``.
 
     Args:
         config: the resolved experiment config, or the same as plain data (``config.to_dict``; what a
@@ -106,7 +108,7 @@ class FusionLitModule(L.LightningModule):
 
     def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self(batch)
-        loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight)
+        loss = training_loss(logits.float(), batch["label"], self.class_weight, self.experiment_config.optim)
         return loss, logits.float().softmax(dim=1), batch["label"]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -173,10 +175,9 @@ class FusionLitModule(L.LightningModule):
         optimizer_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
         trainable = [p for p in self.parameters() if p.requires_grad]
         optimizer = optimizer_cls(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        # the Trainer gives the run's length; plateau needs none, so it also builds outside a Trainer
+        schedule = build_schedule(optimizer, optim, self._trainer)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def _present(batch: Mapping[str, Any]) -> dict[str, Any]:

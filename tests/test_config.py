@@ -228,6 +228,18 @@ RULE_CASES = [
         r"set trainer\.devices 1",
         {"model.encoders.image.warmup_epochs": 2, "trainer.devices": 1},
     ),
+    (
+        "schedule_and_loss_are_registered",
+        {"optim.schedule": "cosin"},
+        r"optim\.schedule: unknown learning-rate schedule 'cosin'; did you mean 'cosine'\?",
+        {"optim.schedule": "cosine"},
+    ),
+    (
+        "balanced_sampler_replaces_class_weights",
+        {"data.sampler": "balanced"},
+        r"data\.sampler balanced .* set optim\.class_weights false",
+        {"data.sampler": "balanced", "optim.class_weights": False},
+    ),
 ]
 
 

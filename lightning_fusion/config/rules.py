@@ -100,6 +100,28 @@ def backbone_warmup_needs_one_process(config: ExperimentConfig) -> None:
             )
 
 
+def schedule_and_loss_are_registered(config: ExperimentConfig) -> None:
+    """``optim.schedule`` and ``optim.loss`` name registered ones (checked here: their registries import torch)."""
+    from lightning_fusion.errors import UnknownNameError
+    from lightning_fusion.losses import LOSSES
+    from lightning_fusion.schedules import SCHEDULES
+
+    for key, names in (("schedule", SCHEDULES), ("loss", LOSSES)):
+        try:
+            names.entry(getattr(config.optim, key))
+        except UnknownNameError as err:
+            raise ConfigError(f"optim.{key}: {err}") from None
+
+
+def balanced_sampler_replaces_class_weights(config: ExperimentConfig) -> None:
+    """``data.sampler: balanced`` already balances the classes; class weights on top would count them twice."""
+    if config.data.sampler == "balanced" and config.optim.class_weights:
+        raise ConfigError(
+            "data.sampler balanced draws every class equally often, so optim.class_weights true would weight the "
+            "rare classes twice; set optim.class_weights false with it (or data.sampler shuffle)"
+        )
+
+
 RULES: tuple[Callable[[ExperimentConfig], None], ...] = (
     every_modality_has_an_encoder,
     fusion_takes_that_many_modalities,
@@ -107,6 +129,8 @@ RULES: tuple[Callable[[ExperimentConfig], None], ...] = (
     modality_dropout_needs_a_masking_fusion,
     temperature_scaling_needs_one_process,
     backbone_warmup_needs_one_process,
+    schedule_and_loss_are_registered,
+    balanced_sampler_replaces_class_weights,
 )
 
 

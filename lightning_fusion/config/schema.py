@@ -128,6 +128,7 @@ class SignalConfig:
 
 
 PIPELINES = ("auto", "device", "per_sample")  # DataConfig.pipeline
+SAMPLERS = ("shuffle", "balanced")  # DataConfig.sampler
 
 
 @dataclass
@@ -150,6 +151,10 @@ class DataConfig:
     # image converted (and augmented, with albumentations) in the loader. auto: device on a GPU or
     # other accelerator, per_sample on the CPU (as fast there; docs/hardware.md)
     pipeline: str = "auto"
+    # how training batches are drawn: shuffle (each patient once per epoch) | balanced (torch
+    # WeightedRandomSampler: patients drawn with replacement, each class equally often; use with
+    # optim.class_weights false). Under DDP, Lightning splits one seeded draw between the processes
+    sampler: str = "shuffle"
     pin_memory: bool | None = None  # page-locked host batches for faster, asynchronous copies; None: on CUDA
     split: SplitConfig = field(default_factory=SplitConfig)  # patient-level split
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training image augmentation
@@ -165,6 +170,8 @@ class DataConfig:
             raise ValueError(f"num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
         if self.pipeline not in PIPELINES:
             raise UnknownNameError(suggest(self.pipeline, list(PIPELINES), "data pipeline"))
+        if self.sampler not in SAMPLERS:
+            raise UnknownNameError(suggest(self.sampler, list(SAMPLERS), "training sampler"))
 
 
 @dataclass
@@ -212,16 +219,36 @@ class ModelConfig:
             raise ValueError(f"modalities has duplicates: {self.modalities}")
 
 
+MONITORED = {"val/loss": "min", "val/auroc": "max", "val/balanced_accuracy": "max"}  # metric → mode
+WEIGHT_AVERAGING = ("none", "ema", "swa")  # OptimConfig.weight_averaging
+
+
 @dataclass
 class OptimConfig:
-    """Optimiser, learning-rate schedule and loss weighting."""
+    """Optimiser, learning-rate schedule, loss and weight averaging (docs/recipes.md gives each default's reason)."""
 
     optimizer: str = "adamw"  # adam | adamw
-    lr: float = 1e-3  # learning rate
+    lr: float = 1e-3  # learning rate (the peak rate of cosine and onecycle)
     weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (Adam) weight decay
-    plateau_factor: float = 0.5  # ReduceLROnPlateau on val/loss
-    plateau_patience: int = 2  # epochs without val/loss improvement before the rate drops
-    class_weights: bool = True  # inverse-frequency weights from the training split
+    # learning-rate schedule: plateau (ReduceLROnPlateau on val/loss; needs no run length, so it suits
+    # early stopping) | cosine (linear warm-up, then cosine to 0) | onecycle (torch OneCycleLR, per batch)
+    # | step (rate x step_gamma at fractions of max_epochs)
+    schedule: str = "plateau"
+    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this when val/loss stalls
+    plateau_patience: int = 2  # plateau: epochs without val/loss improvement before the rate drops
+    warmup_epochs: int = 1  # cosine: epochs of linear learning-rate warm-up (not the backbone warm-up)
+    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of max_epochs
+    step_gamma: float = 0.1  # step: the rate is multiplied by this at each milestone
+    # inverse-frequency weights from the training split in the loss (the run says when its split is imbalanced)
+    class_weights: bool = True
+    loss: str = "cross_entropy"  # cross_entropy | focal (Lin et al., 2017)
+    focal_gamma: float = 2.0  # focal: focusing exponent; 0 is cross-entropy
+    label_smoothing: float = 0.0  # share of each target spread over all classes (0: none)
+    # none | ema (exponential moving average of the weights, every step) | swa (Lightning's
+    # StochasticWeightAveraging from swa_start); the averaged weights are validated, checkpointed and tested
+    weight_averaging: str = "none"
+    ema_decay: float = 0.999  # ema: weight of the running average per step
+    swa_start: float = 0.75  # swa: fraction of max_epochs after which weights are averaged
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -230,6 +257,22 @@ class OptimConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not self.step_milestones or any(not 0 < f < 1 for f in self.step_milestones):
+            raise ValueError(f"step_milestones must be fractions of max_epochs in (0, 1), got {self.step_milestones}")
+        if not 0 < self.step_gamma < 1:
+            raise ValueError(f"step_gamma must be in (0, 1), got {self.step_gamma}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_averaging not in WEIGHT_AVERAGING:
+            raise UnknownNameError(suggest(self.weight_averaging, list(WEIGHT_AVERAGING), "weight averaging"))
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if not 0 <= self.swa_start < 1:
+            raise ValueError(f"swa_start must be a fraction of max_epochs in [0, 1), got {self.swa_start}")
 
 
 @dataclass
@@ -243,7 +286,11 @@ class TrainerConfig:
     num_nodes: int = 1  # machines for multi-node DDP
     precision: str | None = None  # None: bf16-mixed on a GPU that supports it, 32-true otherwise
     deterministic: bool = False  # deterministic algorithms (slower, reproducible)
-    early_stopping_patience: int = 5  # epochs without val/loss improvement
+    # the validation metric that picks the checkpoint and stops early (lower is better for val/loss, higher
+    # for the others): val/loss | val/auroc | val/balanced_accuracy. val/loss: a proper scoring rule over
+    # every prediction, smooth on small validation sets where AUROC saturates and accuracy moves in steps
+    monitor: str = "val/loss"
+    early_stopping_patience: int = 5  # epochs without improvement of the monitored metric
     gradient_clip_val: float | None = None  # clip gradients to this norm; None: no clipping
     fast_dev_run: bool = False  # one batch of each split, for a quick check
     limit_train_batches: float | None = None  # a fraction (or count) of training batches per epoch
@@ -259,6 +306,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.monitor not in MONITORED:
+            raise UnknownNameError(suggest(self.monitor, list(MONITORED), "monitored metric"))
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         if self.deterministic and self.cudnn_benchmark:

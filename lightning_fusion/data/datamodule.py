@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lightning_fusion.config import DataConfig
 from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
@@ -204,6 +204,18 @@ class MultimodalDataModule(L.LightningDataModule):
         local_processes = int(getattr(self.trainer, "num_devices", 1) or 1)
         return resolve_loader_settings(self.config, device, local_processes)
 
+    def balanced_sampler(self) -> WeightedRandomSampler:
+        """Training patients drawn with replacement, each with weight 1 / (training patients of its class), so
+        every class is drawn equally often; one epoch is as many draws as training patients.
+
+        Seeded with ``data.split.seed``: under DDP every process draws the same sequence and Lightning's
+        ``DistributedSamplerWrapper`` gives each its own share of it."""
+        labels = self.datasets["train"].labels.astype(np.int64)
+        per_class = np.bincount(labels, minlength=len(self.classes))
+        weights = 1.0 / per_class[labels]
+        generator = torch.Generator().manual_seed(self.config.split.seed)
+        return WeightedRandomSampler(weights.tolist(), len(labels), replacement=True, generator=generator)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Under DDP each process sees its share of the split (Lightning's DistributedSampler): drop the
         # last partial batch only when that share holds more than one batch, or a process trains nothing.
@@ -211,10 +223,12 @@ class MultimodalDataModule(L.LightningDataModule):
         per_process = -(-len(self.datasets[split]) // processes)
         settings = self.loader_settings()
         dataset = self.datasets[split]
+        sampler = self.balanced_sampler() if shuffle and self.config.sampler == "balanced" else None
         return DataLoader(
             BatchedSamples(dataset) if settings.pipeline == "device" else dataset,
             batch_size=self.config.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=settings.num_workers,
             persistent_workers=settings.num_workers > 0,
             pin_memory=settings.pin_memory,

@@ -78,6 +78,7 @@ def _print_cv_summary(config, result, k: int) -> None:
 
 
 def _print_summary(result) -> None:
+    from lightning_fusion.fit.results import class_balance_line
     from lightning_fusion.mlflow_ui import run_url
 
     summary = result.data_summary
@@ -88,6 +89,8 @@ def _print_summary(result) -> None:
         f"on {summary['dataset']}: {counts['train']} train / {counts['val']} val / {counts['test']} test patients"
         + (f", {excluded} excluded" if excluded else "")
     )
+    if "lf.class_balancing" in result.tags:
+        print(class_balance_line(result.tags, summary["counts"]["train"]))
     names = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
     metrics = result.test_metrics
 

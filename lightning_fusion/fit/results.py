@@ -54,6 +54,38 @@ def model_kind(kinds: list[str]) -> str:
     return KINDS.get(kinds[0]).unimodal_model if kinds[0] in KINDS else kinds[0]
 
 
+IMBALANCED_RATIO = 1.5  # largest / smallest training class at or above which a split is called imbalanced
+
+
+def class_balance_tags(config: ExperimentConfig, train_counts: dict[str, int]) -> dict[str, str]:
+    """How the run handles its training split's class balance: ``lf.class_ratio`` (largest / smallest
+    class), ``lf.imbalanced`` and ``lf.class_balancing`` (``class_weights`` | ``balanced_sampler`` | ``none``)."""
+    counts = [n for n in train_counts.values() if n > 0]
+    ratio = max(counts) / min(counts) if counts else 1.0
+    balancing = (
+        "balanced_sampler"
+        if config.data.sampler == "balanced"
+        else ("class_weights" if config.optim.class_weights else "none")
+    )
+    return {
+        "lf.class_ratio": f"{ratio:.2f}",
+        "lf.imbalanced": str(ratio >= IMBALANCED_RATIO).lower(),
+        "lf.class_balancing": balancing,
+    }
+
+
+def class_balance_line(tags: dict[str, str], train_counts: dict[str, int]) -> str:
+    """One line for the printed summary: the training classes and what the loss or sampler does about them."""
+    counts = " / ".join(f"{name} {n}" for name, n in train_counts.items())
+    state = "imbalanced" if tags.get("lf.imbalanced") == "true" else "balanced"
+    action = {
+        "class_weights": "class-weighted loss (inverse training frequency)",
+        "balanced_sampler": "balanced sampler (each class drawn equally often)",
+        "none": "no class balancing",
+    }[tags.get("lf.class_balancing", "none")]
+    return f"train classes {counts} ({state}, largest/smallest {tags.get('lf.class_ratio')}): {action}"
+
+
 def run_tags(config: ExperimentConfig, dataset: str, kinds: list[str]) -> dict[str, str]:
     model = config.model
     backbones = [b for m in model.modalities if (b := getattr(model.encoders[m].options, "backbone", None))]

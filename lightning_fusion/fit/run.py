@@ -2,7 +2,7 @@
 
 Order matters for honesty: the data is read, validated, split and preprocessed, and the model is
 built, *before* an MLflow run exists, so bad input leaves no run behind; once the run exists, any
-error marks it FAILED. The test set is evaluated once, with the best checkpoint on ``val/loss``.
+error marks it FAILED. The test set is evaluated once, with the best checkpoint on ``trainer.monitor``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lightning_fusion.config import (
 )
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.fit.artifacts import _log_fusion_weights, log_data_summary, log_explanations, log_tested_model
-from lightning_fusion.fit.results import FitResult, Predictions, run_tags
+from lightning_fusion.fit.results import FitResult, Predictions, class_balance_tags, run_tags
 from lightning_fusion.fit.trainer import build_trainer
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.tracking import create_run_logger, resolve_tracking_uri
@@ -78,6 +78,7 @@ def fit(
     module.data_splits = {name: list(ids) for name, ids in datamodule.splits.items()}
     summary = datamodule.summary() | {"modalities": list(config.model.modalities)}
     tags = run_tags(config, summary["dataset"], [specs[m].kind for m in config.model.modalities])
+    tags |= class_balance_tags(config, summary["counts"]["train"])
     tags |= extra_tags or {}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -89,7 +90,7 @@ def fit(
     try:
         logger.log_params(flatten(to_dict(config)))
         logger.log_text(to_yaml(config), "config.yaml")
-        trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model, callbacks)
+        trainer, checkpoint = build_trainer(config.trainer, logger, staging, config.model, callbacks, config.optim)
         trainer.fit(module, datamodule=datamodule)
         best = checkpoint.best_model_path
         test_metrics: dict[str, float] = {}

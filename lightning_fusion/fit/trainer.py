@@ -1,4 +1,5 @@
-"""The Lightning Trainer of a run: precision, checkpoint, early stopping, LR logging, backbone warm-up."""
+"""The Lightning Trainer of a run: precision, checkpoint and early stopping on ``trainer.monitor``, LR logging,
+backbone warm-up, weight averaging."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 from lightning_fusion.config import (
     ModelConfig,
+    OptimConfig,
     TrainerConfig,
 )
+from lightning_fusion.config.schema import MONITORED
+from lightning_fusion.fit.averaging import weight_averaging
 from lightning_fusion.fit.warmup import BackboneWarmup
 from lightning_fusion.tracking import RunLogger
 
@@ -40,28 +44,34 @@ def build_trainer(
     checkpoint_dir: Path,
     model: ModelConfig | None = None,
     extra_callbacks: list[Callback] | None = None,
+    optim: OptimConfig | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Lightning Trainer; with ``model``, a backbone warm-up adds :class:`BackboneWarmup`.
+    """The Lightning Trainer; with ``model``, a backbone warm-up adds :class:`BackboneWarmup`; with ``optim``,
+    ``weight_averaging`` adds :class:`~lightning_fusion.fit.averaging.AveragedWeights`.
 
     During a warm-up early stopping cannot end the run (``min_epochs`` = warm-up + 1; the callback
     restarts the patience when it unfreezes).
     """
+    mode = MONITORED[trainer.monitor]
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:02d}",
-        monitor="val/loss",
-        mode="min",
+        monitor=trainer.monitor,
+        mode=mode,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
     callbacks = [
         checkpoint,
-        EarlyStopping(monitor="val/loss", mode="min", patience=trainer.early_stopping_patience),
+        EarlyStopping(monitor=trainer.monitor, mode=mode, patience=trainer.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
     ]
     warmup = warmup_epochs(model)
     if warmup > 0:  # before LearningRateMonitor, which logs the new parameter group in the same epoch-start hook
         callbacks.insert(0, BackboneWarmup())
+    averaging = weight_averaging(optim)
+    if averaging is not None:  # before the checkpoint, so the averaged weights are validated and saved
+        callbacks.insert(0, averaging)
     callbacks += extra_callbacks or []
     return (
         L.Trainer(
