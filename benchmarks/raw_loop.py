@@ -4,7 +4,8 @@
     python benchmarks/raw_loop.py ptbxl --seeds 3 --epochs 20
     python benchmarks/raw_loop.py ptbxl --recipes experiments/ptbxl_fusion.yaml:signal  # framework rows to add
 
-The raw loops are what a user writes in ~50 lines: no Lightning, no callbacks, no early stopping.
+The raw loops are what a user writes in ~50 lines: no Lightning, no callbacks, no early stopping; on
+the GPU when there is one (fp32, the whole split held on the device), else the CPU.
 
 * PneumoniaMNIST, image only: timm ``resnet18`` at 28 px from scratch (1 input channel), input
   standardised with the training mean/std, Adam 1e-3, step LR ×0.1 at 50 % and 75 % of the epochs,
@@ -62,6 +63,7 @@ DATASETS = {  # data set → its folder under the data dir, the experiment that 
     ),
 }
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the raw loops' (fp32); fit chooses its own
 
 
 # -------------------------------------------------------------------------------------------------
@@ -109,10 +111,12 @@ def raw_signal_loop(data: dict, seed: int, epochs: int, batch_size: int = 64, li
 
 def _train(model, optimizer, schedule, x, y, epochs, batch_size, limit) -> dict:
     """Shuffled mini-batches, cross-entropy; the state with the best val AUROC is tested once."""
+    model.to(DEVICE)
+    x, y = {s: v.to(DEVICE) for s, v in x.items()}, {s: v.to(DEVICE) for s, v in y.items()}
     best_auroc, best_state = -1.0, None
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(y["train"]))
+        order = torch.randperm(len(y["train"]), device=DEVICE)
         for step, start in enumerate(range(0, len(order), batch_size)):
             if limit is not None and step >= limit:
                 break
@@ -123,12 +127,12 @@ def _train(model, optimizer, schedule, x, y, epochs, batch_size, limit) -> dict:
             optimizer.step()
         if schedule is not None:
             schedule.step()
-        val_auroc = roc_auc_score(y["val"].numpy(), _probabilities(model, x["val"]))
+        val_auroc = roc_auc_score(y["val"].cpu().numpy(), _probabilities(model, x["val"]))
         if val_auroc > best_auroc:
             best_auroc, best_state = val_auroc, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     probability = _probabilities(model, x["test"])
-    truth = y["test"].numpy()
+    truth = y["test"].cpu().numpy()
     predicted = (probability >= 0.5).astype(int)
     return {
         "accuracy": accuracy_score(truth, predicted),
@@ -140,7 +144,8 @@ def _train(model, optimizer, schedule, x, y, epochs, batch_size, limit) -> dict:
 @torch.no_grad()
 def _probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).softmax(1)[:, 1] for i in range(0, len(x), batch_size)]).numpy()
+    chunks = [model(x[i : i + batch_size]).softmax(1)[:, 1] for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks).cpu().numpy()
 
 
 RAW_LOOPS = {"image": raw_image_loop, "signal": raw_signal_loop}
