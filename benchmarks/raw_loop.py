@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--recipes", nargs="*", default=None, help="framework rows: FILE[:modality,...]")
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (tests)")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> str:
     arrays = split_arrays(args.dataset, args.data_dir)
     rows: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as store:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             raw = partial(RAW_LOOPS[modality], arrays, seed, args.epochs, limit=args.limit_batches)
             runs = {f"raw loop ({modality})": raw}
             for recipe in recipes:
