@@ -16,7 +16,6 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_fusion.config import ExperimentConfig, resolve, to_dict
-from lightning_fusion.data.batch_transforms import BatchAugment
 from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.losses import training_loss
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
@@ -71,10 +70,11 @@ class FusionLitModule(L.LightningModule):
         self.data_splits: dict[str, list[str]] = {}  # the run's split (patient ids), so predict can flag them
         self.run: dict[str, str] = {}  # the MLflow run that trains it ("id"), so ``fit --resume`` finds it
         # The device pipeline's batches arrive as loaded (uint8 images); each kind finishes its own
-        # (lightning_fusion.data.kinds.base.ModalityKind.finish_batch), augmenting in training_step only.
+        # (lightning_fusion.data.kinds.base.ModalityKind.finish_batch) and augments it with its own
+        # train-only policy (ModalityKind.batch_augmentation), in training_step only.
         self.kinds = {m: KINDS.get(s["kind"]) for m, s in specs.items()}
-        augment = self.experiment_config.data.augment
-        self.batch_augment = BatchAugment(augment) if augment.enabled else None
+        data = self.experiment_config.data
+        self.batch_augmentations = {m: kind.batch_augmentation(data) for m, kind in self.kinds.items()}
         self.channels_last = False  # set by setup() from trainer.channels_last
         self._compiled = False
 
@@ -92,13 +92,13 @@ class FusionLitModule(L.LightningModule):
             self._compiled = True
 
     def finish_batch(self, batch: Mapping[str, Any], augment: bool = False) -> dict[str, Any]:
-        """The batch with each modality as the network takes it: ``uint8`` images to float (and augmented
-        with ``augment``, training only), in the model's memory layout. Batches already finished (the
-        per-sample pipeline, prediction) pass through unchanged but for the layout."""
-        augmentation = self.batch_augment if augment else None
+        """The batch with each modality as the network takes it: ``uint8`` images to float, in the model's
+        memory layout; with ``augment`` (training only) each modality augmented by its kind's policy.
+        Images already finished (the per-sample pipeline, prediction) are not augmented again."""
         finished = dict(batch)
         for modality, kind in self.kinds.items():
             if modality in batch:
+                augmentation = self.batch_augmentations[modality] if augment else None
                 finished[modality] = kind.finish_batch(batch[modality], augmentation, self.channels_last)
         return finished
 

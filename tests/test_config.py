@@ -191,7 +191,8 @@ RULE_CASES = [
         "every_modality_has_an_encoder",
         {"model.modalities": ["image", "signal"]},
         r"model\.modalities: modality 'signal' has no encoder in model\.encoders \(it has \['image', 'tabular'\]\); "
-        r"add model\.encoders\.signal: \{name: <encoder>\} with one of mlp, resnet1d, signal_mlp, timm",
+        r"add model\.encoders\.signal: \{name: <encoder>\} with one of "
+        r"inception1d, mlp, resnet1d, signal_mlp, timm, xresnet1d",
         {"model.modalities": ["image", "signal"], "model.encoders.signal": "resnet1d"},
     ),
     (

@@ -42,24 +42,44 @@ class SplitConfig:
             raise ValueError(f"train + val + test must sum to 1, got {self.train + self.val + self.test:.3f}")
 
 
+IMAGE_POLICIES = ("safe", "radiograph")  # AugmentConfig.policy
+SIGNAL_POLICIES = ("none", "safe", "strong")  # SignalConfig.augment
+
+
 @dataclass
 class AugmentConfig:
-    """Train-only image augmentation; medically safe defaults (no flips: left/right anatomy matters)."""
+    """Train-only image augmentation; medically safe defaults (no flips: left/right anatomy matters).
+
+    ``safe``: rotation, shift and brightness below. ``radiograph`` (opt in, for 1- or 3-channel
+    radiographs): also a random resized crop (a square crop of ``crop_scale`` of the area, resized
+    back), contrast around the image mean and gamma, each with probability ``p``, as the radiograph
+    policies of CheXpert/MedMNIST-era training; still no flips.
+    """
 
     enabled: bool = True  # augment training images
+    policy: str = "safe"  # safe | radiograph
     rotate_limit: float = 15.0  # degrees, ±
     shift_limit: float = 0.03  # fraction of the image size, ±
     brightness: tuple[float, float] = (0.8, 1.2)  # multiplicative range
     p: float = 0.5  # probability of each transform
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # radiograph: fraction of the area the random crop keeps
+    contrast: tuple[float, float] = (0.8, 1.2)  # radiograph: contrast factor around the image mean
+    gamma: tuple[float, float] = (0.8, 1.25)  # radiograph: gamma exponent on [0, 1] intensities
 
     def __post_init__(self) -> None:
+        if self.policy not in IMAGE_POLICIES:
+            raise UnknownNameError(suggest(self.policy, list(IMAGE_POLICIES), "image augmentation policy"))
         if not 0 <= self.rotate_limit <= 180:
             raise ValueError(f"rotate_limit must be in [0, 180] degrees, got {self.rotate_limit}")
         if not 0 <= self.shift_limit < 0.5:
             raise ValueError(f"shift_limit must be in [0, 0.5), got {self.shift_limit}")
-        low, high = self.brightness
-        if not 0 < low <= high:
-            raise ValueError(f"brightness must be (low, high) with 0 < low <= high, got {self.brightness}")
+        for name in ("brightness", "contrast", "gamma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {getattr(self, name)}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
         if not 0 <= self.p <= 1:
             raise ValueError(f"p must be a probability, got {self.p}")
 
@@ -72,8 +92,12 @@ class TabularConfig:
     scale: bool = True  # z-score with training mean/std
     missing_indicators: bool = False  # add a 0/1 column per feature that had missing training values
     select_k: int | None = None  # ANOVA F-test top-k (SelectKBest(f_classif)); None keeps all
+    # train-only Gaussian noise on the preprocessed (z-scored) features, this standard deviation; 0: none
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.noise < 10:
+            raise ValueError(f"noise must be a standard deviation in [0, 10), got {self.noise}")
         if self.impute not in ("median", "mean", "most_frequent"):
             raise UnknownNameError(suggest(self.impute, ["median", "mean", "most_frequent"], "imputation"))
         if self.select_k is not None and self.select_k < 1:
@@ -87,11 +111,18 @@ class SignalConfig:
     ``lead``: z-score per lead with mean/std fitted on training patients only; ``global``: one
     mean/std over all leads, fitted on train; ``sample``: each recording scaled by its own per-lead
     mean/std (nothing fitted); ``none``: raw values.
+
+    ``augment`` (training only, :mod:`lightning_fusion.data.signal_augment`): ``safe`` shifts the
+    recording in time by up to 10 %, scales its amplitude by 0.9-1.1, adds Gaussian noise and baseline
+    wander, each with probability 0.5; ``strong`` does more of each, always; ``none`` nothing.
     """
 
     normalise: str = "lead"  # lead | global | sample | none
+    augment: str = "none"  # training augmentation policy: none | safe | strong
 
     def __post_init__(self) -> None:
+        if self.augment not in SIGNAL_POLICIES:
+            raise UnknownNameError(suggest(self.augment, list(SIGNAL_POLICIES), "signal augmentation policy"))
         choices = ["lead", "global", "sample", "none"]
         if self.normalise not in choices:
             raise UnknownNameError(suggest(self.normalise, choices, "signal normalisation"))
@@ -128,8 +159,8 @@ class DataConfig:
     pin_memory: bool | None = None  # page-locked host batches for faster, asynchronous copies; None: on CUDA
     split: SplitConfig = field(default_factory=SplitConfig)  # patient-level split
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training image augmentation
-    tabular: TabularConfig = field(default_factory=TabularConfig)  # tabular preprocessing
-    signal: SignalConfig = field(default_factory=SignalConfig)  # signal normalisation
+    tabular: TabularConfig = field(default_factory=TabularConfig)  # tabular preprocessing (and feature noise)
+    signal: SignalConfig = field(default_factory=SignalConfig)  # signal normalisation and augmentation
 
     def __post_init__(self) -> None:
         if self.image_size < 8:

@@ -10,7 +10,9 @@ The policy is :class:`~lightning_fusion.config.AugmentConfig`'s, as in the per-s
 with probability ``p`` per image, a rotation of ±``rotate_limit`` degrees about the image centre and
 a shift of ±``shift_limit`` of the width and height (bilinear, zero fill); then, with probability
 ``p`` per image, one brightness factor in ``brightness`` for the whole image, saturating at white.
-No flips. Each image draws its own parameters. Differences from the per-sample pipeline: values
+No flips. The ``radiograph`` policy first crops a random square of ``crop_scale`` of the area (resized
+back, bilinear) and ends with contrast around each image's mean and a gamma, each with probability
+``p``. Each image draws its own parameters. Differences from the per-sample pipeline: values
 stay ``float32`` between the steps (albumentations rounds to ``uint8`` after each), and bilinear
 weights are exact rather than OpenCV's 1/32-pixel fixed point.
 """
@@ -44,8 +46,11 @@ class BatchAugment:
         options, count, device = self.options, images.shape[0], images.device
         if count == 0:
             return images
+        radiograph = options.policy == "radiograph"
         with torch.autocast(device_type=device.type, enabled=False):  # geometry in float32, also under bf16
             images = images.float()
+            if radiograph:
+                images = self._choose(random_resized_crop(images, options.crop_scale), images)
             if options.rotate_limit > 0 or options.shift_limit > 0:
                 angles = _uniform(count, -options.rotate_limit, options.rotate_limit, device)
                 shifts = _uniform((count, 2), -options.shift_limit, options.shift_limit, device)
@@ -57,7 +62,30 @@ class BatchAugment:
                 factors = _uniform(count, low, high, device)
                 factors = torch.where(torch.rand(count, device=device) < options.p, factors, torch.ones_like(factors))
                 images = (images * factors.view(-1, 1, 1, 1)).clamp_(max=1.0)
+            if radiograph:
+                contrast = _uniform((count, 1, 1, 1), *options.contrast, device)
+                mean = images.mean(dim=(1, 2, 3), keepdim=True)
+                images = self._choose(((images - mean) * contrast + mean).clamp(0.0, 1.0), images)
+                gamma = _uniform((count, 1, 1, 1), *options.gamma, device)
+                images = self._choose(images.clamp(min=0.0).pow(gamma), images)
         return images
+
+    def _choose(self, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``changed`` for a random ``p`` of the images, the others bit for bit as they were."""
+        chosen = torch.rand(images.shape[0], device=images.device) < self.options.p
+        return torch.where(chosen.view(-1, 1, 1, 1), changed, images)
+
+
+def random_resized_crop(images: torch.Tensor, crop_scale: tuple[float, float]) -> torch.Tensor:
+    """A square crop of each image, of a random fraction in ``crop_scale`` of its area at a random
+    position inside it, resized back to the image size (bilinear)."""
+    count = images.shape[0]
+    side = _uniform(count, *crop_scale, images.device).sqrt()  # of the width and height
+    theta = torch.zeros(count, 2, 3, device=images.device, dtype=torch.float32)
+    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, :, 2] = (1.0 - side).view(-1, 1) * _uniform((count, 2), -1.0, 1.0, images.device)  # stays inside
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def affine_warp(images: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

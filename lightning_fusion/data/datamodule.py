@@ -98,7 +98,7 @@ class MultimodalDataModule(L.LightningDataModule):
                 raise DataError(f"{cohort.name}: no {name} patient has modality {bare}; a split needs some of each")
         arrays = self._load_arrays(cohort, splits, y, present)
         kinds = {m: cohort.modalities[m].kind for m in self.modalities}
-        augmentation = build_augmentation(self.config.augment)
+        augmentation = build_augmentation(self.config.augment, self.config.image_size)
         self.datasets = {
             name: MultimodalDataset(
                 splits[name], y[name], arrays[name], kinds, augmentation if name == "train" else None, present[name]
@@ -179,6 +179,8 @@ class MultimodalDataModule(L.LightningDataModule):
         """Counts per split and class, exclusions, and the fitted preprocessing (plain data)."""
         self._require_setup()
         labels = self.cohort.labels
+        kinds = {m: KINDS.get(self.cohort.modalities[m].kind) for m in self.modalities}
+        policies = {m: p for m, kind in kinds.items() if (p := kind.augmentation_policy(self.config)) is not None}
         return {
             "dataset": self.cohort.name,
             "modalities": self.modalities,
@@ -194,9 +196,10 @@ class MultimodalDataModule(L.LightningDataModule):
             "class_weights": dict(zip(self.cohort.classes, self.class_weights)),
             # augmentation is drawn on the fly for training samples only; no sample is added to any split
             "augmentation": {
-                "applies_to": "train" if self.config.augment.enabled else "none",
-                "augmented_patients": len(self.splits["train"]) if self.config.augment.enabled else 0,
+                "applies_to": "train" if policies else "none",
+                "augmented_patients": len(self.splits["train"]) if policies else 0,
                 "added_synthetic_samples": 0,
+                "policies": policies,
             },
             "preprocessing": {m: p.summary() for m, p in self.preprocessors.items()},
             "splits": self.splits,

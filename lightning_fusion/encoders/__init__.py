@@ -6,7 +6,13 @@ dataclass of their options). Every encoder is built as ``cls(input_shape, option
 ``out_features``.
 """
 
-from lightning_fusion.encoders import image, signal, tabular  # noqa: E402,F401  (register the built-ins)
+from lightning_fusion.encoders import (  # noqa: E402,F401  (register the built-ins)
+    image,
+    inception1d,
+    signal,
+    tabular,
+    xresnet1d,
+)
 from lightning_fusion.encoders.registry import ENCODERS
 
 __all__ = ["ENCODERS"]

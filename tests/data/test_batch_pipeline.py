@@ -85,7 +85,7 @@ def test_training_batches_are_augmented_on_the_device_and_only_in_training(datam
     assert torch.equal(module.finish_batch(already, augment=True)["image"], plain)
     # augmentation is off: training batches are converted only
     off = _module(datamodule, **{"data.augment.enabled": False})
-    assert off.batch_augment is None and torch.equal(off.finish_batch(raw, augment=True)["image"], plain)
+    assert off.batch_augmentations["image"] is None and torch.equal(off.finish_batch(raw, augment=True)["image"], plain)
 
     calls = []
     original = BatchAugment.__call__

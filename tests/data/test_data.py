@@ -276,4 +276,5 @@ def test_augmentation_is_train_only_and_recorded(small_cohort):
         "applies_to": "train",
         "augmented_patients": len(datamodule.splits["train"]),
         "added_synthetic_samples": 0,
+        "policies": {"image": "safe"},
     }

@@ -103,15 +103,29 @@ class ModalityKind(ABC):
         """
         return torch.from_numpy(np.asarray(values[rows], dtype=np.float32))
 
+    def batch_augmentation(self, data: DataConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """This kind's train-only augmentation of whole network batches on the training device, or ``None``.
+
+        The training step hands it to :meth:`finish_batch` (never validation, test or prediction).
+        Kinds whose loader does per-sample work (images in the ``per_sample`` pipeline) augment there
+        instead and apply it to ``device`` batches only; for the others (signals, tables) the batch is
+        the same tensor in both pipelines and is augmented here in both.
+        """
+        return None
+
+    def augmentation_policy(self, data: DataConfig) -> str | None:
+        """This kind's train-only augmentation in words (``safe``, ``noise 0.1``), ``None`` when it has none."""
+        return None
+
     def finish_batch(
         self, batch: torch.Tensor, augmentation: Callable[[torch.Tensor], torch.Tensor] | None, channels_last: bool
     ) -> torch.Tensor:
         """A batch on the training device (transfer or network layout) → the network batch.
 
-        ``augmentation`` (training only) is for kinds whose transfer layout is unaugmented; the default
-        (transfer layout = network layout) returns the batch as it is.
+        ``augmentation`` is :meth:`batch_augmentation`'s, given in training only; the default
+        (transfer layout = network layout) applies it when given and returns the batch otherwise.
         """
-        return batch
+        return augmentation(batch) if augmentation is not None else batch
 
     def placeholder(self, count: int, sample_shape: Sequence[int]) -> np.ndarray:
         """``(count, *array_shape)`` zeros of :attr:`input_dtype`: the rows of patients who lack the modality."""

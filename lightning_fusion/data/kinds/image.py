@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_fusion.data.batch_transforms import images_to_float
+from lightning_fusion.data.batch_transforms import BatchAugment, images_to_float
 from lightning_fusion.data.kinds.base import ModalityKind
 from lightning_fusion.data.kinds.registry import KINDS
 from lightning_fusion.data.kinds.upload import PATIENT, ModalityInput, UploadReading, clean_message
@@ -59,6 +59,13 @@ class ImageKind(ModalityKind):
     def batch_rows(self, values: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """``(B, H, W, C)`` ``uint8`` rows → ``(B, C, H, W)`` ``uint8``: a view with channels-last strides (no copy)."""
         return torch.from_numpy(np.ascontiguousarray(values[rows])).permute(0, 3, 1, 2)
+
+    def batch_augmentation(self, data: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """:class:`~lightning_fusion.data.batch_transforms.BatchAugment` of ``data.augment`` (``device`` batches)."""
+        return BatchAugment(data.augment) if data.augment.enabled else None
+
+    def augmentation_policy(self, data: Any) -> str | None:
+        return data.augment.policy if data.augment.enabled else None
 
     def finish_batch(
         self, batch: torch.Tensor, augmentation: Callable[[torch.Tensor], torch.Tensor] | None, channels_last: bool

@@ -3,13 +3,14 @@
 The normalisation (:class:`~lightning_fusion.data.signal.SignalPreprocessor`, z-score per lead by
 default) is fitted on the training signals. A served model takes raw ``(N, leads, samples)``
 ``float32`` signals; an upload is a ``.npy`` array or a CSV with one row per lead. Explained with
-Integrated Gradients per lead and sample. Same-kind signals of an early fusion are resampled to the
+Integrated Gradients per lead and sample. Training batches are augmented by the ``data.signal.augment``
+policy (:mod:`lightning_fusion.data.signal_augment`). Same-kind signals of an early fusion are resampled to the
 longest and stacked as leads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,15 @@ class SignalKind(ModalityKind):
 
     def restore(self, data: Any, state: dict[str, Any], source: str) -> Any:
         return SignalPreprocessor.from_state(data.signal, state)
+
+    def batch_augmentation(self, data: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The ``data.signal.augment`` policy on ``(B, leads, samples)`` batches; ``None`` for ``none``."""
+        from lightning_fusion.data.signal_augment import SignalAugment
+
+        return SignalAugment(data.signal.augment) if data.signal.augment != "none" else None
+
+    def augmentation_policy(self, data: Any) -> str | None:
+        return data.signal.augment if data.signal.augment != "none" else None
 
     def from_served(self, value: Any, preprocessor: Any, modality: str) -> np.ndarray:
         """Raw ``(N, leads, samples)`` → normalised ``float32``."""

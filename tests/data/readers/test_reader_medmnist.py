@@ -276,3 +276,17 @@ def test_datamodule_on_the_real_file(real_file):
     assert datamodule.specs["image"].shape == (1, 28, 28)
     batch = next(iter(datamodule.val_dataloader()))
     assert tuple(batch["image"].shape) == (64, 1, 28, 28)
+
+
+def test_real_images_upsample_to_a_larger_image_size(real_file):
+    """``data.image_size: 64`` upsamples the 28 px images (bilinear); shrunk back they are nearly the originals."""
+    from PIL import Image
+
+    cohort = _read(real_file.parent)
+    ids = ["train-00000", "train-04000", "val-00000"]
+    large = cohort.modalities["image"].load_many(ids, 64)
+    assert large.shape == (3, 64, 64, 1) and large.dtype == np.uint8
+    original = cohort.modalities["image"].load_many(ids, 28)
+    for upsampled, image in zip(large, original):
+        back = np.asarray(Image.fromarray(upsampled[:, :, 0]).resize((28, 28), Image.Resampling.BILINEAR))
+        assert np.abs(back.astype(int) - image[:, :, 0]).mean() < 6
