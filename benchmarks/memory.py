@@ -5,8 +5,10 @@
 
 Each fit runs in a fresh process (``python benchmarks/memory.py --child ...``) on synthetic RGB PNG
 files in class folders (the ``image_folders`` reader, ``test_resnet`` by default so that the model's
-own memory stays small next to the data's): one epoch, test, MLflow on (no model or checkpoint
-logged). A thread in that process samples ``/proc/self/status`` every 50 ms and
+own memory stays small next to the data's): ``--train-batches`` training batches (10), validation
+and test on all of their images, MLflow on (no model or checkpoint logged). Every split is decoded
+(in memory, or into the memory map) whatever the number of training batches: this measures holding
+a dataset, and reading part of it. A thread in that process samples ``/proc/self/status`` every 50 ms and
 ``/proc/self/smaps_rollup`` every 250 ms. Figures per process:
 
 * peak RSS: ``VmHWM``, every page the process had mapped at once, its private memory *and* the
@@ -168,6 +170,7 @@ def overrides_for(args: argparse.Namespace, root: Path, work: Path, memory_map: 
         "model.modalities": ["image"],
         "model.encoders.image.backbone": args.backbone,
         "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": args.train_batches,
         "trainer.accelerator": "cpu",
         "evaluation.bootstrap_resamples": 1000,
         "evaluation.explain_patients": 0,
@@ -206,7 +209,8 @@ def report(args: argparse.Namespace, results: dict, env: dict) -> str:
     n, size = args.n, args.image_size
     lines = [
         f"memory of a fit: {env['date']}, commit {env['commit']}, {env['cores']} cores, load {env['load']} "
-        f"(1/5/15 min) at start; timm {args.backbone}, {size} px RGB PNGs, batch {args.batch_size}, 1 epoch + test",
+        f"(1/5/15 min) at start; timm {args.backbone}, {size} px RGB PNGs, batch {args.batch_size}, "
+        f"{args.train_batches} training batches, then all of validation and test",
         "",
         "| images | memory map | peak RSS MiB | peak anonymous MiB | PSS at peak MiB | seconds |",
         "|---|---|---|---|---|---|",
@@ -260,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="test_resnet")
+    parser.add_argument(
+        "--train-batches", type=int, default=10, help="training batches per fit (all of val and test are evaluated)"
+    )
     parser.add_argument("--no-ddp", action="store_true", help="leave out the 2-process DDP rows")
     parser.add_argument("--work", type=Path, help="images, caches and logs (default: a temporary folder)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per fit")
