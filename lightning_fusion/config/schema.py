@@ -157,6 +157,11 @@ class DataConfig:
     # optim.class_weights false). Under DDP, Lightning splits one seeded draw between the processes
     sampler: str = "shuffle"
     pin_memory: bool | None = None  # page-locked host batches for faster, asynchronous copies; None: on CUDA
+    # keep decoded images on disk as memory-mapped .npy files under $LF_CACHE_DIR/memory_map, read a
+    # batch at a time, instead of in memory: for datasets larger than memory, and DDP ranks of one
+    # machine share one copy (docs/hardware.md#datasets-larger-than-memory). Off: in memory is as fast
+    # for data that fits and writes nothing to disk. Tables and signals stay in memory either way
+    memory_map: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)  # patient-level split
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training image augmentation
     tabular: TabularConfig = field(default_factory=TabularConfig)  # tabular preprocessing (and feature noise)

@@ -25,6 +25,7 @@ from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_
 from lightning_fusion.data.dataset import BatchedSamples, MultimodalDataset, collated
 from lightning_fusion.data.kinds import KINDS, kind_of
 from lightning_fusion.data.kinds.base import Preprocessor
+from lightning_fusion.data.memory_map import MappedRows, mapped_split
 from lightning_fusion.data.splits import SPLITS, assert_patients_disjoint, predefined_split, stratified_split
 from lightning_fusion.data.transforms import build_augmentation
 from lightning_fusion.errors import DataError
@@ -141,11 +142,16 @@ class MultimodalDataModule(L.LightningDataModule):
                 for name in SPLITS
             }
             ids = {name: [pid for pid, h in zip(splits[name], have[name]) if h] for name in SPLITS}
+            kind = kind_of(source)
+            settings = kind.decoding_settings(self.config) if self.config.memory_map else None
+            if settings is not None:  # nothing fitted: decoded once into files, read a batch at a time
+                for name in SPLITS:
+                    arrays[name][modality] = self._mapped(cohort, modality, name, splits[name], have[name], settings)
+                continue
             loaded: dict[str, np.ndarray] = {}
             if modality in self.fitted:  # fitted by the run being resumed: not fitted again
                 preprocessor = self.fitted[modality]
             else:
-                kind = kind_of(source)
                 preprocessor, loaded["train"] = kind.fit(source, ids["train"], y["train"][have["train"]], self.config)
             if preprocessor is not None:
                 self.preprocessors[modality] = preprocessor
@@ -156,6 +162,27 @@ class MultimodalDataModule(L.LightningDataModule):
                 train = loaded["train"]
                 arrays[name][modality] = with_placeholders(loaded[name], have[name], train.shape[1:], train.dtype)
         return arrays
+
+    def _mapped(
+        self, cohort: Cohort, modality: str, split: str, patient_ids: list[str], have: np.ndarray, settings: dict
+    ) -> MappedRows:
+        """One split of a modality with nothing fitted, as rows of a memory-mapped file (written once)."""
+        source = cohort.modalities[modality]
+        if not hasattr(source, "fingerprint"):
+            raise DataError(
+                f"{cohort.name}: data.memory_map: modality {modality!r} comes from a {type(source).__name__}, "
+                "which cannot say what its data depends on (no fingerprint()); set data.memory_map false"
+            )
+        kind = kind_of(source)
+        present = [pid for pid, h in zip(patient_ids, have) if h]
+        return mapped_split(
+            f"{cohort.name}-{modality}-{split}",
+            source.fingerprint(present),
+            patient_ids,
+            have,
+            settings | {"kind": kind.name},
+            lambda chunk: kind.load(source, chunk, self.config, None),
+        )
 
     def preprocessing_state(self) -> dict[str, dict[str, Any]]:
         """The fitted preprocessing per modality, for checkpoints (restored by :func:`restore_preprocessors`)."""

@@ -12,6 +12,7 @@ Loading validates as it goes: an unreadable image or one with the wrong number o
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -55,6 +56,19 @@ class ImageStackModality:
     @property
     def patient_ids(self) -> set[str]:
         return set(self.files)
+
+    def fingerprint(self, patient_ids: Sequence[str]) -> dict:
+        """What the decoded images of ``patient_ids`` depend on: each view's path, modification time and
+        size, and the channel, crop and conversion settings (the key of a memory map)."""
+        files = []
+        for pid in patient_ids:
+            for path in self.files[pid]:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    raise DataError(f"patient {pid}: image file not found: {path}") from None
+                files.append([str(path.resolve()), stat.st_mtime_ns, stat.st_size])
+        return {"files": files, "channels_per_view": self.channels_per_view, "crop": self.crop, "convert": self.convert}
 
     def load(self, patient_id: str, image_size: int) -> np.ndarray:
         """The patient's views as one ``(image_size, image_size, C)`` ``uint8`` array."""
@@ -128,6 +142,16 @@ class ArrayImageModality:
     @property
     def patient_ids(self) -> set[str]:
         return set(self.images)
+
+    def fingerprint(self, patient_ids: Sequence[str]) -> dict:
+        """A digest of the images of ``patient_ids`` (they are in memory already; hashing them is cheap
+        next to decoding), for the key of a memory map."""
+        digest = hashlib.sha256()
+        for pid in patient_ids:
+            array = np.ascontiguousarray(self.images[pid])
+            digest.update(f"{pid}:{array.dtype}:{array.shape}".encode())
+            digest.update(array.tobytes())
+        return {"source": self.source, "images": digest.hexdigest()}
 
     def load_many(self, patient_ids: Sequence[str], image_size: int) -> np.ndarray:
         """``(N, image_size, image_size, C)`` ``uint8`` for the given patients, in order."""

@@ -18,7 +18,7 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = (tmp_path / "out" / "gpu_check.md").read_text()

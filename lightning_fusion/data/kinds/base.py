@@ -80,6 +80,11 @@ class ModalityKind(ABC):
     def load(self, source: Any, patient_ids: Sequence[str], data: DataConfig, preprocessor: Preprocessor) -> np.ndarray:
         """The model inputs ``(N, ...)`` (array layout) of ``patient_ids``, fitted preprocessing applied."""
 
+    def decoding_settings(self, data: DataConfig) -> dict[str, Any] | None:
+        """The settings that shape :meth:`load`'s rows when nothing is fitted (part of a memory map's key),
+        or ``None`` when the rows need fitted preprocessing: ``data.memory_map`` keeps those in memory."""
+        return None
+
     def restore(self, data: DataConfig, state: dict[str, Any], source: str) -> Preprocessor:
         """The preprocessor :meth:`fit` returned, from its ``state()`` in a checkpoint (kinds with ``fitted``)."""
         raise NotImplementedError(f"{self.name} modalities have no fitted preprocessing")

@@ -45,6 +45,10 @@ class ImageKind(ModalityKind):
         """``(N, H, W, C)`` ``uint8`` at ``data.image_size``."""
         return source.load_many(patient_ids, data.image_size)
 
+    def decoding_settings(self, data: Any) -> dict[str, Any]:
+        """Images are decoded and resized, nothing fitted: ``data.memory_map`` can keep them on disk."""
+        return {"image_size": int(data.image_size)}
+
     def array_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
         """``(C, H, W)`` → ``(H, W, C)``."""
         channels, *size = (int(n) for n in sample_shape)
