@@ -44,6 +44,19 @@ def small_cohort_master(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_kept():
+    """Every test leaves ``MLFLOW_TRACKING_URI`` as it found it: Lightning's MLFlowLogger calls
+    ``mlflow.set_tracking_uri``, which also sets the variable in ``os.environ``, so an in-process fit with
+    ``--tracking-uri`` (an unreachable server, say) otherwise leaks into every later test's child processes."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def small_cohort(small_cohort_master, tmp_path) -> Path:
     """A private, modifiable copy of the small cohort."""
