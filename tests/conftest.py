@@ -7,7 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import json  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -96,6 +98,18 @@ def trained_demo(tmp_path_factory) -> dict:
     }
     config = load_config(None, small_overrides(root, **settings))
     return {"result": fit(config), "uri": uri, "root": root, "tmp": tmp, "config": config}
+
+
+def cli_argv(overrides: dict) -> list[str]:
+    """Dotted config overrides as command-line arguments (a dict value as its JSON mapping)."""
+    return [f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in overrides.items()]
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def small_overrides(root: Path, **extra) -> dict:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from lightning_fusion.mlflow_ui import DEFAULT_UI, MAX_NOTE_CHARACTERS, NOTE_TAG
 from lightning_fusion.sweep.report import log_report
 from lightning_fusion.sweep.study import load_study
 from lightning_fusion.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
-from tests.conftest import PROJECT_ROOT, headless_chromium, small_overrides
+from tests.conftest import PROJECT_ROOT, cli_argv, free_port, headless_chromium, small_overrides
 
 SCREENSHOTS = os.environ.get("LF_UI_SCREENSHOTS")  # a folder: save the docs' screenshots there
 SCREENSHOTS_FOLDER = Path(SCREENSHOTS).resolve() if SCREENSHOTS else None  # before a fixture changes directory
@@ -49,24 +48,10 @@ RUN_NAME = "attributes.`Run Name`"
 GENAI_ONLY = ("Token Usage", "Detect Issues", "Observability")  # on the GenAI overview, not on the runs view
 
 
-def _argv(overrides: dict) -> list[str]:
-    argv = []
-    for key, value in overrides.items():
-        text = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}" if isinstance(value, dict) else str(value)
-        argv += [f"--{key}", text]
-    return argv
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(uri: str, artifacts: str, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """``mlflow server`` over the store on a free 127.0.0.1 port; stopped, with its workers, however the test ends."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with log.open("w") as output:  # to a file: a full pipe would block the server
@@ -201,7 +186,7 @@ def test_the_printed_urls_open_the_models_and_the_verdict(driver, small_cohort_m
                 "evaluation.explain_patients": 0,
             },
         )
-        assert compare_cli.main(["--fusions", FUSIONS, "--tracking-uri", uri, *_argv(overrides)]) == 0
+        assert compare_cli.main(["--fusions", FUSIONS, "--tracking-uri", uri, *cli_argv(overrides)]) == 0
         out = capsys.readouterr().out
         pages = dict(re.findall(r"^  (models|verdict): (\S+)$", out, flags=re.M))
         assert set(pages) == {"models", "verdict"}, out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,11 +28,7 @@ from lightning_fusion.fit.run import fit
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.predict import __main__ as predict_cli
 from lightning_fusion.tracking import RunLogger
-from tests.conftest import PROJECT_ROOT, small_overrides
-
-
-def _argv(overrides: dict) -> list[str]:
-    return [f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in overrides.items()]
+from tests.conftest import PROJECT_ROOT, cli_argv, free_port, small_overrides
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -41,12 +36,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ) | {"OMP_NUM_THREADS": "1"} | extra
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _runs(uri: str) -> list:
@@ -92,7 +81,7 @@ def test_torchrun_two_processes_in_a_fresh_folder_make_one_finished_run(small_co
     overrides = small_overrides(small_cohort, **{"trainer.devices": 2, "trainer.strategy": "ddp"})
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "lightning_fusion.fit", *_argv(overrides)],
+        + ["-m", "lightning_fusion.fit", *cli_argv(overrides)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -118,11 +107,11 @@ def test_slurm_style_processes_started_by_hand_make_one_finished_run(small_cohor
         "SLURM_JOB_NAME": "lf-test",
         "SLURM_NODELIST": "127.0.0.1",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "lightning_fusion.fit", *_argv(overrides)],
+            [sys.executable, "-m", "lightning_fusion.fit", *cli_argv(overrides)],
             env=_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -198,7 +187,7 @@ def test_sigterm_ends_the_run_killed_and_resume_finishes_it_in_the_same_run(smal
     epochs = 8
     overrides = small_overrides(small_cohort, **{"trainer.max_epochs": epochs, "trainer.early_stopping_patience": 20})
     process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_fusion.fit", *_argv(overrides)],
+        [sys.executable, "-m", "lightning_fusion.fit", *cli_argv(overrides)],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -250,7 +239,7 @@ def killed_run(small_cohort, mlflow_store, capsys):
     overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 4, "trainer.early_stopping_patience": 20})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FusionLitModule, "on_train_epoch_end", _stop_at_epoch(1), raising=False)
-        assert fit_cli.main(_argv(overrides)) == 128 + signal.SIGTERM
+        assert fit_cli.main(cli_argv(overrides)) == 128 + signal.SIGTERM
     capsys.readouterr()
     [run] = _runs(mlflow_store["uri"])
     assert run.info.status == "KILLED"
@@ -296,7 +285,7 @@ def test_resume_may_raise_max_epochs_and_takes_the_split_and_preprocessing_from_
 def test_requeued_slurm_job_resumes_its_run(small_cohort, mlflow_store, monkeypatch, capsys):
     """A SLURM job keeps its run id in a file; the requeued job (SLURM_RESTART_COUNT=1) finds it and resumes."""
     monkeypatch.setenv("SLURM_JOB_ID", "777")
-    argv = _argv(small_overrides(small_cohort, **{"trainer.max_epochs": 3, "trainer.early_stopping_patience": 20}))
+    argv = cli_argv(small_overrides(small_cohort, **{"trainer.max_epochs": 3, "trainer.early_stopping_patience": 20}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FusionLitModule, "on_train_epoch_end", _stop_at_epoch(0), raising=False)
         assert fit_cli.main(argv) == 128 + signal.SIGTERM
@@ -317,7 +306,7 @@ def test_sigint_ends_the_run_killed_too(small_cohort, mlflow_store, capsys):
     overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 3})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FusionLitModule, "on_train_epoch_end", _stop_at_epoch(0, signal.SIGINT), raising=False)
-        assert fit_cli.main(_argv(overrides)) == 128 + signal.SIGINT
+        assert fit_cli.main(cli_argv(overrides)) == 128 + signal.SIGINT
     [run] = _runs(mlflow_store["uri"])
     assert run.info.status == "KILLED" and "stopped by SIGINT" in capsys.readouterr().err
     assert "resume/last.ckpt" in _artifacts(mlflow_store["uri"], run.info.run_id, "resume")
@@ -328,7 +317,7 @@ def test_sigkill_leaves_the_run_running_and_resume_continues_it(small_cohort, ml
     """kill -9 (or the out-of-memory killer): no process can close the run, but its last checkpoint is in the
     staging folder, and --resume (with a warning) continues the same run."""
     overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 5, "trainer.early_stopping_patience": 20})
-    process = subprocess.Popen([sys.executable, "-m", "lightning_fusion.fit", *_argv(overrides)], env=_env())
+    process = subprocess.Popen([sys.executable, "-m", "lightning_fusion.fit", *cli_argv(overrides)], env=_env())
     database = Path(mlflow_store["uri"].removeprefix("sqlite:///"))
     try:
         deadline = time.monotonic() + 300
@@ -359,7 +348,7 @@ def test_sigterm_before_the_run_exists_leaves_no_run(small_cohort, mlflow_store,
         os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(MultimodalDataModule, "setup", setup)
-    assert fit_cli.main(_argv(small_overrides(small_cohort))) == 128 + signal.SIGTERM
+    assert fit_cli.main(cli_argv(small_overrides(small_cohort))) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM before a run existed" in capsys.readouterr().err
     assert _runs(mlflow_store["uri"]) == []
 
@@ -477,8 +466,8 @@ def test_resume_of_an_unknown_run_is_a_model_error(mlflow_store, capsys):
 def test_an_unreachable_tracking_server_at_start_is_one_line_and_no_run(small_cohort, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    assert fit_cli.main([*_argv(small_overrides(small_cohort)), "--tracking-uri", uri]) == 2
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert fit_cli.main([*cli_argv(small_overrides(small_cohort)), "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
         err[-1].startswith(f"tracking error: {uri}: cannot start an MLflow run there")
@@ -493,7 +482,7 @@ def test_a_locked_sqlite_store_is_one_line_and_no_run(small_cohort, mlflow_store
     holder = sqlite3.connect(database, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        assert fit_cli.main(_argv(small_overrides(small_cohort))) == 2
+        assert fit_cli.main(cli_argv(small_overrides(small_cohort))) == 2
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -587,7 +576,7 @@ def test_torchrun_sigterm_then_resume_under_torchrun_and_a_dead_rank(small_cohor
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
     def start(uri: str, *extra: str) -> subprocess.Popen:
-        command = [*torchrun, "-m", "lightning_fusion.fit", *_argv(overrides), "--tracking-uri", uri, *extra]
+        command = [*torchrun, "-m", "lightning_fusion.fit", *cli_argv(overrides), "--tracking-uri", uri, *extra]
         return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def after_two_epochs(process: subprocess.Popen, uri: str, stop) -> str:
@@ -637,7 +626,7 @@ def test_torchrun_cross_validation_makes_one_parent_and_one_run_per_fold(small_c
     )
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "lightning_fusion.fit", *_argv(overrides), "--cv", "2"],
+        + ["-m", "lightning_fusion.fit", *cli_argv(overrides), "--cv", "2"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,15 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from lightning_fusion.compare import __main__ as compare_cli
 from lightning_fusion.fit import __main__ as fit_cli
-from tests.conftest import small_overrides
-
-
-def _argv(overrides: dict) -> list[str]:
-    argv = []
-    for key, value in overrides.items():
-        text = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}" if isinstance(value, dict) else str(value)
-        argv += [f"--{key}", text]
-    return argv
+from tests.conftest import cli_argv, small_overrides
 
 
 def _runs(uri):
@@ -36,7 +28,7 @@ def _runs(uri):
     ids=["lmf", "film", "daft"],
 )
 def test_fit_trains_and_tests_the_new_fusions_by_name(small_cohort, mlflow_store, options):
-    argv = _argv(small_overrides(small_cohort, **{"trainer.max_epochs": 1})) + options
+    argv = cli_argv(small_overrides(small_cohort, **{"trainer.max_epochs": 1})) + options
     with contextlib.redirect_stdout(io.StringIO()):
         assert fit_cli.main(argv) == 0
     (run,) = _runs(mlflow_store["uri"])
@@ -52,7 +44,7 @@ def test_compare_takes_the_new_fusions_by_name(small_cohort, mlflow_store):
     overrides = small_overrides(small_cohort, **{"trainer.max_epochs": 1, "tracking.tracking_uri": mlflow_store["uri"]})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert compare_cli.main(["--fusions", "lmf,film,daft", *_argv(overrides)]) == 0
+        assert compare_cli.main(["--fusions", "lmf,film,daft", *cli_argv(overrides)]) == 0
     fused = sorted(
         r.data.tags["lf.fusion"] for r in _runs(mlflow_store["uri"]) if r.data.tags.get("lf.model_kind") == "fusion"
     )
