@@ -46,17 +46,27 @@ def small_cohort_master(tmp_path_factory) -> Path:
     )
 
 
-@pytest.fixture(autouse=True)
-def _tracking_uri_kept():
-    """Every test leaves ``MLFLOW_TRACKING_URI`` as it found it: Lightning's MLFlowLogger calls
-    ``mlflow.set_tracking_uri``, which also sets the variable in ``os.environ``, so an in-process fit with
-    ``--tracking-uri`` (an unreachable server, say) otherwise leaks into every later test's child processes."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
+# MLFLOW_TRACKING_URI as the session found it (None: the variable was unset).
+_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_uri() -> None:
+    if _SESSION_TRACKING_URI is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_kept():
+    """Every test starts and ends with ``MLFLOW_TRACKING_URI`` as the session found it: Lightning's
+    MLFlowLogger calls ``mlflow.set_tracking_uri``, which also sets the variable in ``os.environ``, so an
+    in-process fit with ``--tracking-uri`` otherwise leaks into every later test's child processes. Restored
+    before the test too, because a module-scoped fixture that fits in-process runs before this fixture (in
+    CI a module fixture's store leaked into the torchrun sweep test, whose journal then went beside it)."""
+    _restore_tracking_uri()
+    yield
+    _restore_tracking_uri()
 
 
 @pytest.fixture
