@@ -152,7 +152,7 @@ def step_pyfunc(check: Check) -> str:
     import numpy as np
 
     from lightning_fusion.data.datamodule import modality_arrays
-    from lightning_fusion.predict.trained_model import load_model
+    from lightning_fusion.predict.loading import load_model
 
     run_id = check.context["run_id"]
     model = load_model(f"runs:/{run_id}", mlflow.get_tracking_uri())

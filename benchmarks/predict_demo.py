@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from lightning_fusion.config import load_config  # noqa: E402
 from lightning_fusion.data.datamodule import modality_arrays  # noqa: E402
 from lightning_fusion.fit.run import fit  # noqa: E402
-from lightning_fusion.predict.trained_model import load_model  # noqa: E402
+from lightning_fusion.predict.loading import load_model  # noqa: E402
 
 DEMO = Path(__file__).parents[1] / "experiments" / "demo.yaml"
 

@@ -49,7 +49,7 @@ def _load(args: argparse.Namespace):
     """The model, in memory (an MLflow download is deleted once loaded)."""
     import torch
 
-    from lightning_fusion.predict.trained_model import load_model
+    from lightning_fusion.predict.loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

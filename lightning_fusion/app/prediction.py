@@ -1,6 +1,7 @@
 """One patient's model inputs → class probabilities and a Grad-CAM overlay per view of each image modality.
 
-The heat maps explain the predicted class (:func:`lightning_fusion.explain.cam.grad_cam`). Where Grad-CAM
+The heat maps explain the predicted class (:func:`lightning_fusion.explain.cam.grad_cam`; for an ensemble
+the mean of its members' maps). Where Grad-CAM
 is undefined for the model (a non-CNN backbone, a stacked early-fusion input) or carries no spatial
 information (a 1×1 last feature map), the reason is kept as a message instead of an overlay.
 """
@@ -17,7 +18,7 @@ from PIL import Image
 
 from lightning_fusion.data.dataset import collate_arrays
 from lightning_fusion.data.kinds import kind_of
-from lightning_fusion.explain.cam import grad_cam, view_overlays
+from lightning_fusion.explain.cam import view_overlays
 from lightning_fusion.predict.expectations import ModalityInput
 from lightning_fusion.predict.trained_model import TrainedModel
 
@@ -64,7 +65,7 @@ def predict_patient(
             cams.append(
                 CamResult(item.name, list(item.view_names), message=f"{item.name} was not given")
                 if item.name in absent
-                else _cam(model, batch, item, predicted)
+                else _cam(model, arrays, present, batch, item, predicted)
             )
     return PatientPrediction(
         predicted=model.classes[predicted],
@@ -82,12 +83,19 @@ def _decision(model: TrainedModel) -> str:
     return f"{point.positive_class} when its probability is at least {point.threshold:.3f} ({point.method}, {fitted})"
 
 
-def _cam(model: TrainedModel, batch: dict, item: ModalityInput, target: int) -> CamResult:
+def _cam(
+    model: TrainedModel,
+    arrays: dict[str, np.ndarray],
+    present: dict[str, np.ndarray] | None,
+    batch: dict,
+    item: ModalityInput,
+    target: int,
+) -> CamResult:
     result = CamResult(item.name, list(item.view_names))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            maps = grad_cam(model.module, batch, item.name, target=target)
+            maps = model.class_activation_maps(arrays, present, item.name, target)  # an ensemble: the members' mean
         except ValueError as err:
             result.message = f"no Grad-CAM for {item.name}: {err}"
             return result

@@ -3,6 +3,10 @@
 With no argument: generate (once, then cached) the built-in synthetic perfusion cohort and train the
 image + clinical fusion model on it, recording the run in MLflow.
 
+``--seeds N`` trains N models on one split (seeds seed..seed+N-1) and tests their ensemble once; it
+and ``--cv K`` leave an ensemble model on their parent run (:mod:`lightning_fusion.fit.seeds`,
+:mod:`lightning_fusion.fit.crossval`), which predict, serving and the web page load like one model.
+
 ``--resume <run id | runs:/<run id> | checkpoint>`` continues a run that a signal stopped (SIGTERM,
 SIGINT: it ended KILLED; the exit status was 128 + the signal's number) or an error ended, in the
 same run; see :mod:`lightning_fusion.fit.resume`. In a requeued SLURM job the same command resumes
@@ -47,9 +51,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
         "trainer.max_epochs may differ)",
     )
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation instead of one split")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="train N models on the same split with seeds seed..seed+N-1 and test their ensemble (the mean of "
+        "their probabilities) once",
+    )
     args, overrides = parse_run_args(parser, argv)
-    if args.resume and args.cv:
-        parser.error("--resume continues one run; a cross-validation (--cv) is not resumed")
+    if args.resume and (args.cv or args.seeds is not None):
+        parser.error(f"--resume continues one run; {'--cv' if args.cv else '--seeds'} is not resumed")
+    if args.cv and args.seeds is not None:
+        parser.error("--cv and --seeds each make an ensemble; choose one")
     return args, overrides
 
 
@@ -71,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             code, cv_result = run_reporting_input_errors(lambda: cross_validate(config, args.cv, args.cv_repeats))
             if cv_result is not None and ranks.is_global_zero():
                 _print_cv_summary(config, cv_result, args.cv)
+            return code
+        if args.seeds is not None:
+            from lightning_fusion.fit.seeds import fit_seeds
+
+            code, seeds_result = run_reporting_input_errors(lambda: fit_seeds(config, args.seeds))
+            if seeds_result is not None and ranks.is_global_zero():
+                _print_seeds_summary(config, seeds_result)
             return code
         return _fit(args, overrides, config)
     except signals.RunInterrupted as stopped:
@@ -151,6 +171,33 @@ def _print_cv_summary(config, result, k: int) -> None:
     where = (result.tracking_uri, result.experiment_id, result.parent_run_id)
     pages = {"folds": view_url(*where), "summary": run_url(*where)}  # the fold models; the parent's description
     print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, pages)
+    if result.ensemble_logged:
+        print(f"  it holds the ensemble of the {len(result.folds)} fold models (the mean of their probabilities):")
+        _print_model_commands(result.tracking_uri, result.parent_run_id, config.tracking.log_model)
+
+
+def _print_seeds_summary(config, result) -> None:
+    from lightning_fusion.fit.seeds import summary_lines
+    from lightning_fusion.mlflow_ui import run_url
+
+    counts = {split: sum(c.values()) for split, c in result.data_summary["counts"].items()}
+    print(
+        f"\n{config.name}: ensemble of {len(result.seeds)} models (seeds {result.seeds[0]}..{result.seeds[-1]}) on "
+        f"{counts['train']} train / {counts['val']} val / {counts['test']} test patients, tested once:"
+    )
+    print("\n".join(summary_lines(result)))
+    if result.operating_point is not None:
+        point = result.operating_point
+        print(f"  decision threshold {point.threshold:.3f} on P({point.positive_class}), {point.method} on validation")
+    page = {"open": run_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}
+    print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, page)
+    _print_model_commands(result.tracking_uri, result.parent_run_id, result.model_logged)
+
+
+def _print_model_commands(uri: str, run: str, served: bool) -> None:
+    print(f"  predict: python -m lightning_fusion.predict --model runs:/{run} --tracking-uri {uri}")
+    if served:
+        print(f"  serve:   MLFLOW_TRACKING_URI={uri} mlflow models serve -m runs:/{run}/model --env-manager local")
 
 
 def _print_summary(result) -> None:
@@ -199,9 +246,7 @@ def _print_summary(result) -> None:
     page = {"open": run_url(result.tracking_uri, result.experiment_id, result.run_id)}
     print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri, page)
     if result.model_logged:
-        uri, run = result.tracking_uri, result.run_id
-        print(f"  predict: python -m lightning_fusion.predict --model runs:/{run} --tracking-uri {uri}")
-        print(f"  serve:   MLFLOW_TRACKING_URI={uri} mlflow models serve -m runs:/{run}/model --env-manager local")
+        _print_model_commands(result.tracking_uri, result.run_id, True)
 
 
 if __name__ == "__main__":

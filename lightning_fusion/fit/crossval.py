@@ -12,26 +12,36 @@ cross-validated table (what the MLflow UI shows first; a saved view of the UI li
 the out-of-fold predictions (``oof_predictions.csv``: patient id, repeat, fold, true label, class
 probabilities), pooled out-of-fold metrics with bootstrap intervals (``oof/<metric>``, first repeat)
 and ``report.html``. The predefined split of a dataset is not used.
+The parent also holds the fold models' ensemble (the mean of their probabilities,
+:mod:`lightning_fusion.fit.ensemble`): ``predict --model runs:/<parent>``, ``mlflow models serve -m
+runs:/<parent>/model`` and the web page use it like one model; a binary ensemble's operating point is
+fitted on the out-of-fold probabilities. It has no test set of its own: every patient trained some
+fold model, so the out-of-fold figures are its estimate.
 The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (``fit --cv``).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lightning_fusion.config import ExperimentConfig, flatten, to_dict, to_yaml
+from lightning_fusion.config import ExperimentConfig
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.splits import cross_validation_folds
 from lightning_fusion.errors import ConfigError
 from lightning_fusion.evaluation import Interval
 from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation
+from lightning_fusion.evaluation.threshold import operating_point
 from lightning_fusion.fit import ranks, signals
+from lightning_fusion.fit.ensemble import collect_members, log_ensemble
+from lightning_fusion.fit.parent import parent_run
 from lightning_fusion.fit.results import Predictions, model_kind
 from lightning_fusion.fit.run import fit
 from lightning_fusion.mlflow_ui import (
@@ -43,11 +53,15 @@ from lightning_fusion.mlflow_ui import (
     view_name,
     view_path,
 )
-from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
+from lightning_fusion.predict.ensemble import Member
+from lightning_fusion.tracking import RunLogger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
 FOLD_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "loss")
+THRESHOLD_SOURCE = (
+    "out of fold: each patient's probabilities from the fold models that did not train on them (mean over repeats)"
+)
 
 
 @dataclass
@@ -68,6 +82,7 @@ class CrossValidationResult:
     oof: pd.DataFrame  # out-of-fold predictions
     pooled: dict[str, Interval]  # pooled out-of-fold metrics of the first repeat, with intervals
     classes: list[str]
+    ensemble_logged: bool = False  # the parent holds the fold models' ensemble (checkpoints/, model)
 
 
 def plan_folds(config: ExperimentConfig, modalities: list[str], k: int, repeats: int) -> list[Fold]:
@@ -109,26 +124,18 @@ def cross_validate(
     first = fold_datamodule(config, modalities, folds[0])  # bad input stops here: no run exists yet
     kinds = [first.specs[m].kind for m in modalities]
     classes = first.classes
-    with ranks.together("store", config.trainer.accelerator):  # rank 0 opens the store; its error stops all
-        parent = create_run_logger(
-            config.tracking,
-            f"{config.name}-{model_kind(kinds)}-cv{k}",
-            {
-                "lf.cv": str(k),
-                "lf.cv_repeats": str(repeats),
-                "lf.model_kind": model_kind(kinds),
-                "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
-                "lf.dataset": first.summary()["dataset"],
-                "lf.modalities": ",".join(modalities),
-                "lf.experiment": config.name,
-            },
-        )
-        if ranks.is_global_zero():
-            parent.open()  # a store that cannot be used: one line (tracking error), no run
+    tags = {
+        "lf.cv": str(k),
+        "lf.cv_repeats": str(repeats),
+        "lf.model_kind": model_kind(kinds),
+        "lf.fusion": config.model.fusion.name if len(modalities) > 1 else "none",
+        "lf.dataset": first.summary()["dataset"],
+        "lf.modalities": ",".join(modalities),
+        "lf.experiment": config.name,
+    }
     rows, predictions = [], []
-    try:
-        parent.log_params(flatten(to_dict(config)) | {"cv.folds": k, "cv.repeats": repeats})
-        parent.log_text(to_yaml(config), "config.yaml")
+    params = {"cv.folds": k, "cv.repeats": repeats}
+    with parent_run(config, f"{config.name}-{model_kind(kinds)}-cv{k}", tags, params) as parent:
         parent.log_dict({f"repeat{f.repeat}/fold{f.index}": f.splits for f in folds}, "cv_splits.json")
         for fold in folds:
             progress(f"repeat {fold.repeat} fold {fold.index + 1}/{k} ...")
@@ -137,7 +144,7 @@ def cross_validate(
                 config,
                 datamodule,
                 parent.run_id,
-                run_name=f"fold-{fold.index}" if repeats == 1 else f"r{fold.repeat}-fold-{fold.index}",
+                run_name=fold_name(fold, repeats),
                 extra_tags={"lf.fold": str(fold.index), "lf.repeat": str(fold.repeat)},
             )
             if not ranks.is_global_zero():  # the other processes train; rank 0 keeps the results
@@ -157,14 +164,7 @@ def cross_validate(
         std = {m: float(table[m].std(ddof=1)) if len(table) > 1 else 0.0 for m in mean}
         oof = oof_frame(predictions, classes)
         pooled = _log_parent(parent, config, table, mean, std, oof, classes, first.summary(), k, repeats)
-        parent.close("success")
-    except BaseException as error:
-        signals.closing()
-        signum = signals.stop_signal(error)
-        parent.close("failed" if signum is None else "killed")
-        if signum is None:
-            raise
-        raise signals.RunInterrupted(signum, parent.existing_run_id) from error
+        ensemble_logged = _log_ensemble(parent, config, folds, table, oof, classes, repeats)
     return CrossValidationResult(
         parent.run_id or "",
         parent.experiment_id,
@@ -175,7 +175,41 @@ def cross_validate(
         oof,
         pooled,
         classes,
+        ensemble_logged,
     )
+
+
+def fold_name(fold: Fold, repeats: int) -> str:
+    return f"fold-{fold.index}" if repeats == 1 else f"r{fold.repeat}-fold-{fold.index}"
+
+
+def _log_ensemble(
+    parent: RunLogger,
+    config: ExperimentConfig,
+    folds: list[Fold],
+    table: pd.DataFrame,
+    oof: pd.DataFrame,
+    classes: list[str],
+    repeats: int,
+) -> bool:
+    """The fold models' ensemble on the parent, its operating point fitted on the out-of-fold probabilities
+    (each patient's mean over the repeats of the fold models that did not train on them); ``False`` without
+    the fold checkpoints (``tracking.log_checkpoint`` false)."""
+    if not config.tracking.log_checkpoint:
+        log.warning("tracking.log_checkpoint is false: the cross-validation's parent run holds no ensemble model")
+        return False
+    members = [
+        Member(f"member-{i}.ckpt", run_id, fold_name(fold, repeats).replace("-", " "))
+        for i, (fold, run_id) in enumerate(zip(folds, table["run_id"]))
+    ]
+    per_patient = oof.groupby("patient_id")[["label_index", *(f"prob_{c}" for c in classes)]].mean()
+    labels = per_patient["label_index"].to_numpy(dtype=np.int64)
+    probs = per_patient[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    with tempfile.TemporaryDirectory(prefix="lf-ensemble-") as folder:
+        ensemble = collect_members(resolve_tracking_uri(config.tracking.tracking_uri), members, Path(folder), "cv")
+        point = operating_point(classes, (labels, probs), config.evaluation)
+        log_ensemble(parent, Path(folder), ensemble, point, THRESHOLD_SOURCE, config.tracking.log_model)
+    return True
 
 
 def oof_frame(predictions: list[tuple[Fold, Predictions]], classes: list[str]) -> pd.DataFrame:

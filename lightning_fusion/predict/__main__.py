@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from lightning_fusion.predict.trained_model import load_model
+    from lightning_fusion.predict.loading import load_model
 
     model = load_model(args.model, args.tracking_uri)
     predictions = _predict_patient(model, Path(args.patient)) if args.patient else model.predict_dataset(args.root)

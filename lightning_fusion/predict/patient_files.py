@@ -62,7 +62,7 @@ def read_patient(
         raise UploadError("missing upload for " + "; ".join(_describe(item) for item in missing))
     patient = PatientInputs({})
     for item in missing:  # a masking model: a zero placeholder, marked absent (as in training)
-        patient.arrays[item.name] = kind_of(item).placeholder(1, model.specs[item.name]["shape"])
+        patient.arrays[item.name] = np.zeros((1, *model.input_shape(item.name)), dtype=model.input_dtype(item.name))
         patient.present = {i.name: np.array([i not in missing]) for i in inputs}
         patient.notes.append(f"{item.name}: not given; the model predicts without it (trained to)")
     for position, item in enumerate(inputs):

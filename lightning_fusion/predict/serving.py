@@ -38,7 +38,8 @@ _REQUIREMENTS = ("torch", "torchvision", "lightning", "timm", "mlflow", "scikit-
 
 
 class FusionPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the checkpoint with :func:`~lightning_fusion.predict.trained_model.load_trained` (``weights_only``)."""
+    """Loads its ``checkpoint`` artifact, a checkpoint file or an ensemble folder, with
+    :func:`~lightning_fusion.predict.loading.load_path` (``weights_only``)."""
 
     # MLflow warns, when this class is defined, that ``predict`` has no type hints. Its type hints
     # describe list[...] or pydantic inputs; ours is a dict of per-modality arrays, which it does not
@@ -48,9 +49,9 @@ class FusionPyfunc(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from lightning_fusion.predict.trained_model import load_trained
+        from lightning_fusion.predict.loading import load_path
 
-        self.model = load_trained(context.artifacts["checkpoint"])
+        self.model = load_path(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):  # no type hints: see _skip_type_hint_validation
         if not isinstance(model_input, dict):
@@ -94,14 +95,14 @@ def input_example(model: Any) -> dict[str, np.ndarray]:
 
 
 def save_pyfunc(checkpoint: str | Path, path: Path) -> Path:
-    """Write the pyfunc model of ``checkpoint`` into the new folder ``path``.
+    """Write the pyfunc model of ``checkpoint`` (a checkpoint file or an ensemble folder) into the new folder ``path``.
 
     Its input example is a zero placeholder patient (:func:`input_example`); MLflow stores it and checks
     it against the signature, and runs no prediction.
     """
-    from lightning_fusion.predict.trained_model import load_trained
+    from lightning_fusion.predict.loading import load_path
 
-    model = load_trained(checkpoint)
+    model = load_path(checkpoint)
     metadata = {
         "lightning_fusion": {
             "modalities": {m: model.specs[m]["kind"] for m in model.modalities},
@@ -139,9 +140,11 @@ def inference_checkpoint(checkpoint: str | Path, path: Path) -> Path:
 
 
 def log_pyfunc(logger: Any, checkpoint: str | Path) -> None:
-    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact."""
+    """Log the pyfunc model of ``checkpoint`` (weights and fitted state only) as the run's ``model`` artifact;
+    an ensemble folder (whose members are slim already) as it is."""
     with tempfile.TemporaryDirectory() as folder:
-        slim = inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
+        whole = Path(checkpoint).is_dir()
+        slim = checkpoint if whole else inference_checkpoint(checkpoint, Path(folder) / Path(checkpoint).name)
         logger.log_folder(save_pyfunc(slim, Path(folder) / "model"), "model")
 
 

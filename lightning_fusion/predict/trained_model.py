@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,50 +31,6 @@ from lightning_fusion.evaluation.threshold import OperatingPoint
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
 
 log = logging.getLogger(__name__)
-
-_SCHEMES = ("runs:/", "models:/")
-
-
-def resolve_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> Path:
-    """A local checkpoint for a file path, ``runs:/<run id>[/<artifact path>]`` or ``models:/<name>/<version>``.
-
-    ``runs:/<run id>`` alone means the run's ``checkpoints`` folder. A folder (downloaded or given)
-    must hold exactly one ``.ckpt`` file. Remote URLs (http, s3, ...) are refused: a checkpoint is
-    code-free only when read with ``weights_only``, and we read local files and MLflow artifacts only.
-    """
-    if reference.startswith(_SCHEMES):
-        import mlflow
-
-        from lightning_fusion.tracking import resolve_tracking_uri
-
-        if reference.startswith("runs:/") and "/" not in reference.removeprefix("runs:/").strip("/"):
-            reference = reference.rstrip("/") + "/checkpoints"
-        try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=reference,
-                    tracking_uri=resolve_tracking_uri(tracking_uri),
-                    dst_path=str(download_to) if download_to else None,
-                )
-            )
-        except Exception as err:  # MlflowException, OSError: say which reference failed
-            raise ModelLoadError(f"{reference}: could not fetch it from MLflow: {err}") from None
-    elif "://" in reference:
-        raise ModelLoadError(
-            f"{reference}: remote checkpoints are not loaded; download the file first, or log it to MLflow "
-            "and use runs:/<run id>/... or models:/<name>/<version>"
-        )
-    else:
-        local = Path(reference).expanduser()
-        if not local.exists():
-            raise ModelLoadError(f"{reference}: no such checkpoint file or folder")
-    if local.is_dir():
-        found = sorted(local.rglob("*.ckpt"))
-        if len(found) != 1:
-            listed = ", ".join(str(p.relative_to(local)) for p in found) or "none"
-            raise ModelLoadError(f"{reference}: expected one .ckpt file in {local}, found {len(found)} ({listed})")
-        local = found[0]
-    return local
 
 
 @dataclass
@@ -253,6 +208,16 @@ class TrainedModel:
         self.check_arrays(arrays)
         return explain_patients(self.module, patient_ids, arrays, self.feature_names(), folder, present or None)
 
+    def class_activation_maps(
+        self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None, modality: str, target: int
+    ) -> np.ndarray:
+        """``(B, H, W)`` Grad-CAM maps in [0, 1] of image ``modality`` for class ``target``
+        (:func:`~lightning_fusion.explain.cam.grad_cam`; its ``ValueError`` where Grad-CAM is undefined)."""
+        from lightning_fusion.explain.cam import grad_cam
+
+        kinds = {m: spec["kind"] for m, spec in self.specs.items()}
+        return grad_cam(self.module, collate_arrays(arrays, kinds, present), modality, target=target)
+
     def predicted_indices(self, probs: np.ndarray) -> np.ndarray:
         """Class indices ``(N,)`` for probabilities ``(N, K)``: at the operating point, else the most probable class."""
         if self.operating_point is not None:
@@ -346,14 +311,4 @@ def load_trained(path: str | Path) -> TrainedModel:
     return TrainedModel(module, preprocessors, path, dict(ours.get("splits", {})), point)
 
 
-def load_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> TrainedModel:
-    """:func:`resolve_model` then :func:`load_trained`; an MLflow download is deleted once loaded."""
-    if download_to is not None or not reference.startswith(_SCHEMES):
-        return load_trained(resolve_model(reference, tracking_uri, download_to))
-    with tempfile.TemporaryDirectory(prefix="lf-model-") as folder:
-        model = load_trained(resolve_model(reference, tracking_uri, Path(folder)))
-    model.source = reference
-    return model
-
-
-__all__ = ["ModelLoadError", "PredictionSet", "TrainedModel", "load_model", "load_trained", "resolve_model"]
+__all__ = ["ModelLoadError", "PredictionSet", "TrainedModel", "load_trained", "read_checkpoint"]

@@ -34,8 +34,9 @@ from lightning_fusion.data.signal import SignalPreprocessor
 from lightning_fusion.data.tabular import TabularPreprocessor
 from lightning_fusion.errors import UploadError
 from lightning_fusion.lit import FusionLitModule
+from lightning_fusion.predict.loading import load_model, resolve_model
 from lightning_fusion.predict.patient_files import read_signal
-from lightning_fusion.predict.trained_model import TrainedModel, load_model, resolve_model
+from lightning_fusion.predict.trained_model import TrainedModel
 from tests.conftest import PROJECT_ROOT, headless_chromium
 
 IMAGE_SIZE = 64  # test_resnet reduces 32x: a 2x2 last feature map (at 32 px Grad-CAM would be blank)

@@ -97,7 +97,7 @@ def test_a_gated_fusion_trains_and_tests_with_missing_modalities(gappy_cohort, m
     # The trained model predicts the same patients, the absent modalities masked as in training.
     from mlflow.tracking import MlflowClient
 
-    from lightning_fusion.predict.trained_model import load_model
+    from lightning_fusion.predict.loading import load_model
 
     root, no_view, no_row = gappy_cohort
     predicted = load_model(f"runs:/{result.run_id}", mlflow_store["uri"]).predict_dataset().frame

@@ -10,7 +10,7 @@ from lightning_fusion.config import load_config
 from lightning_fusion.demo.medmnist import write_medmnist
 from lightning_fusion.evaluation.threshold import fit_threshold
 from lightning_fusion.fit.run import fit
-from lightning_fusion.predict.trained_model import load_model
+from lightning_fusion.predict.loading import load_model
 
 
 def _flip_test_labels(root):

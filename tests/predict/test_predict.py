@@ -17,7 +17,8 @@ from lightning_fusion.demo import generate_mpi_cohort
 from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.fit.run import fit
 from lightning_fusion.predict import __main__ as predict_cli
-from lightning_fusion.predict.trained_model import load_model, load_trained, resolve_model
+from lightning_fusion.predict.loading import load_model, resolve_model
+from lightning_fusion.predict.trained_model import load_trained
 from tests.conftest import PROJECT_ROOT
 
 

@@ -1,0 +1,149 @@
+"""Ensembles: ``fit --seeds N`` and ``fit --cv K`` leave one model on their parent run, the mean of their
+members' probabilities, which predict, the pyfunc model and the web page use like any model."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lightning_fusion.data.datamodule import modality_arrays
+from lightning_fusion.evaluation.threshold import fit_threshold
+from lightning_fusion.fit import __main__ as fit_cli
+from lightning_fusion.predict import __main__ as predict_cli
+from lightning_fusion.predict.ensemble import EnsembleModel
+from lightning_fusion.predict.loading import load_model
+from tests.conftest import cli_argv, small_overrides
+
+# binary (normal vs ischemia), so that the operating point is fitted; image + clinical table, so that every
+# member has its own fitted tabular preprocessing
+BINARY = {
+    "data.exclude_labels": "[infarction]",
+    "evaluation.threshold": "youden",
+    "evaluation.explain_patients": 0,
+    "trainer.max_epochs": 1,
+}
+
+
+def _fit(cohort, store, *options: str) -> dict:
+    overrides = small_overrides(cohort, **BINARY, **{"tracking.artifact_root": str(store / "mlruns")})
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    assert fit_cli.main([*options, "--tracking-uri", uri, *cli_argv(overrides)]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: r.info.run_name,
+    )
+    return {"uri": uri, "parent": parent, "children": children, "client": client}
+
+
+@pytest.fixture(scope="module")
+def seeds_run(small_cohort_master, tmp_path_factory):
+    return _fit(small_cohort_master, tmp_path_factory.mktemp("seeds"), "--seeds", "2")
+
+
+@pytest.fixture(scope="module")
+def cv_run(small_cohort_master, tmp_path_factory):
+    return _fit(small_cohort_master, tmp_path_factory.mktemp("cv"), "--cv", "2")
+
+
+def _member_mean(run: dict) -> pd.DataFrame:
+    """Each member run's model loaded on its own (its own fitted preprocessing), its probabilities averaged."""
+    frames = [
+        load_model(f"runs:/{child.info.run_id}", run["uri"]).predict_dataset().frame.set_index("patient_id")
+        for child in run["children"]
+    ]
+    columns = [c for c in frames[0] if c.startswith("prob_")]
+    return sum(frame[columns] for frame in frames) / len(frames)
+
+
+@pytest.mark.parametrize("which", ["seeds_run", "cv_run"])
+def test_an_ensemble_predicts_as_one_model(which, request, tmp_path):
+    run = request.getfixturevalue(which)
+    parent = run["parent"].info.run_id
+    expected = _member_mean(run)
+    ensemble = load_model(f"runs:/{parent}", run["uri"])
+    assert isinstance(ensemble, EnsembleModel) and len(ensemble.members) == 2
+    # the members' tabular preprocessing was fitted on different training patients (cv) and is kept apart
+    scalers = [member.preprocessors["tabular"] for member in ensemble.members]
+    if which == "cv_run":
+        assert scalers[0].state() != scalers[1].state()
+    frame = ensemble.predict_dataset().frame.set_index("patient_id")
+    assert not frame.empty and set(frame.index) == set(expected.index)
+    np.testing.assert_allclose(frame[expected.columns].loc[expected.index], expected, atol=1e-6)
+    # every patient trained at least one cv member; the seeds members share one split
+    assert set(frame["training_split"]) == ({"train", "val"} if which == "cv_run" else {"train", "val", "test"})
+
+    # predict on the parent run: the same probabilities, decided at the ensemble's threshold
+    output = tmp_path / "predictions.csv"
+    assert predict_cli.main(["--model", f"runs:/{parent}", "--tracking-uri", run["uri"], "--output", str(output)]) == 0
+    predicted = pd.read_csv(output, dtype={"patient_id": str}).set_index("patient_id")
+    np.testing.assert_allclose(predicted[expected.columns].loc[expected.index], expected, atol=1e-6)
+    threshold = ensemble.operating_point.threshold
+    positive = np.where(predicted["prob_ischemia"] >= threshold, "ischemia", "normal")
+    assert list(predicted["predicted"]) == list(positive)
+
+    # the pyfunc model logged in the parent (what `mlflow models serve -m runs:/<parent>/model` serves)
+    mlflow.set_tracking_uri(run["uri"])
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{parent}/model")
+    cohort = ensemble.read_cohort()
+    ids = list(expected.index[:5])
+    raw = {
+        "image": modality_arrays(cohort, "image", ids, ensemble.config.data, None),
+        "tabular": cohort.modalities["tabular"].rows(ids).to_numpy(np.float64),
+    }
+    served = pyfunc.predict(raw)
+    np.testing.assert_allclose(served[expected.columns].to_numpy(), expected.loc[ids].to_numpy(), atol=1e-6)
+    metadata = pyfunc.metadata.metadata["lightning_fusion"]
+    assert metadata["operating_point"]["threshold"] == pytest.approx(threshold)
+
+
+def test_seeds_members_train_on_one_split_and_the_ensemble_is_tested_once(seeds_run):
+    parent, children, client = seeds_run["parent"], seeds_run["children"], seeds_run["client"]
+    assert [c.info.run_name for c in children] == ["seed-42", "seed-43"]
+    assert [c.data.tags["lf.seed"] for c in children] == ["42", "43"]
+    assert all(not any(k.startswith("test/") for k in c.data.metrics) for c in children)  # members never test
+    splits = [client.download_artifacts(c.info.run_id, "splits.json") for c in children]
+    assert open(splits[0]).read() == open(splits[1]).read()
+    assert parent.data.tags["lf.seeds"] == "2" and parent.info.status == "FINISHED"
+    assert {"test/auroc", "test/auroc_ci_low", "test/at_threshold/balanced_accuracy"} <= set(parent.data.metrics)
+    assert parent.data.params["operating_point.fitted_on"].startswith("validation")
+
+
+def test_the_operating_point_is_fitted_on_validation_only_probabilities(seeds_run, cv_run):
+    # seeds: the mean of the members' probabilities on the shared validation patients
+    ensemble = load_model(f"runs:/{seeds_run['parent'].info.run_id}", seeds_run["uri"])
+    val = ensemble.splits["val"]
+    frame = ensemble.predict_dataset().frame.set_index("patient_id").loc[val]
+    labels = (frame["true"] == "ischemia").to_numpy().astype(int)
+    expected = fit_threshold(labels, frame["prob_ischemia"].to_numpy(), "youden", 0.9)
+    assert ensemble.operating_point.threshold == pytest.approx(expected)
+    # cv: the pooled out-of-fold probabilities
+    client, parent = cv_run["client"], cv_run["parent"]
+    oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof_predictions.csv"))
+    expected = fit_threshold(oof["label_index"].to_numpy(), oof["prob_ischemia"].to_numpy(), "youden", 0.9)
+    assert float(parent.data.params["operating_point.threshold"]) == pytest.approx(expected)
+    assert parent.data.params["operating_point.fitted_on"].startswith("out of fold")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "0"], "config error: --seeds needs at least 1 member, got 0\n"),
+        (["--seeds", "2", "--tracking.log_checkpoint", "false"], "keeps its members' checkpoints"),
+    ],
+)
+def test_bad_seeds_are_one_line_errors(argv, message, capsys):
+    assert fit_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_seeds_and_cv_together_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        fit_cli.main(["--seeds", "2", "--cv", "3"])
+    assert "choose one" in capsys.readouterr().err
