@@ -188,7 +188,7 @@ def test_a_model_without_grad_cam_still_predicts_and_says_why(client, trained, m
     def undefined(*args, **kwargs):
         raise ValueError("backbone 'vit_tiny' is not a CNN")
 
-    monkeypatch.setattr("lightning_fusion.app.prediction.grad_cam", undefined)
+    monkeypatch.setattr("lightning_fusion.explain.cam.grad_cam", undefined)  # what the model's maps call
     response = _post(client, "/predict", _form(trained))
     assert response.status_code == 200
     page = html.unescape(response.get_data(as_text=True))
