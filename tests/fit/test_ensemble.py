@@ -3,12 +3,17 @@ members' probabilities, which predict, the pyfunc model and the web page use lik
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lightning_fusion.app import create_app
+from lightning_fusion.data.cohort import normalise_patient_id
 from lightning_fusion.data.datamodule import modality_arrays
 from lightning_fusion.evaluation.threshold import fit_threshold
 from lightning_fusion.fit import __main__ as fit_cli
@@ -100,6 +105,27 @@ def test_an_ensemble_predicts_as_one_model(which, request, tmp_path):
     np.testing.assert_allclose(served[expected.columns].to_numpy(), expected.loc[ids].to_numpy(), atol=1e-6)
     metadata = pyfunc.metadata.metadata["lightning_fusion"]
     assert metadata["operating_point"]["threshold"] == pytest.approx(threshold)
+
+
+def test_the_web_page_predicts_with_an_ensemble(cv_run, tmp_path):
+    ensemble = load_model(f"runs:/{cv_run['parent'].info.run_id}", cv_run["uri"])
+    root = Path(ensemble.config.data.root)
+    folder = sorted(p for p in root.glob("*/*") if p.is_dir() and p.parent.name.lower() != "infarction")[0]
+    clinical = pd.read_csv(root / "clinical.csv")
+    row = clinical[clinical["patient_id"].map(normalise_patient_id) == normalise_patient_id(folder.name)]
+    form = {
+        "image": [(io.BytesIO(view.read_bytes()), view.name) for view in sorted(folder.glob("*.png"))],
+        "tabular": [(io.BytesIO(row.to_csv(index=False).encode()), "patient.csv")],
+    }
+    response = create_app(ensemble).test_client().post("/api/predict", data=form, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    expected = ensemble.predict_dataset().frame.set_index("patient_id").loc[normalise_patient_id(folder.name)]
+    returned = [body["probabilities"][c] for c in ensemble.classes]
+    np.testing.assert_allclose(returned, [expected[f"prob_{c}"] for c in ensemble.classes], atol=1e-6)
+    assert body["predicted"] == expected["predicted"]
+    assert body["decision"].startswith("ischemia when its probability is at least")
+    assert set(body["gradcam"]) == {"image"}  # the members' mean map (here 1x1: a message says so)
 
 
 def test_seeds_members_train_on_one_split_and_the_ensemble_is_tested_once(seeds_run):
