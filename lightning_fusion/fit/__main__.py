@@ -189,9 +189,22 @@ def _print_seeds_summary(config, result) -> None:
     if result.operating_point is not None:
         point = result.operating_point
         print(f"  decision threshold {point.threshold:.3f} on P({point.positive_class}), {point.method} on validation")
+        _print_thresholded(result.test_metrics, "  ")
     page = {"open": run_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}
     print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, page)
     _print_model_commands(result.tracking_uri, result.parent_run_id, result.model_logged)
+
+
+def _print_thresholded(metrics: dict[str, float], indent: str) -> None:
+    """A binary model's thresholded test metrics at 0.5 and at its decision threshold, if it has one."""
+    if "test/threshold" in metrics:
+        thresholded = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
+        print(
+            f"{indent}at 0.5 / at the decision threshold {metrics['test/threshold']:.3f}: "
+            + "  ".join(
+                f"{n} {metrics[f'test/at_0.5/{n}']:.3f} / {metrics[f'test/at_threshold/{n}']:.3f}" for n in thresholded
+            )
+        )
 
 
 def _print_model_commands(uri: str, run: str, served: bool) -> None:
@@ -235,14 +248,7 @@ def _print_summary(result) -> None:
             f"      calibration: ECE {metrics['test/ece']:.3f}  Brier {metrics['test/brier']:.3f}  (95% bootstrap "
             "intervals in brackets; report.html in the run)"
         )
-    if "test/threshold" in metrics:
-        thresholded = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
-        print(
-            f"      at 0.5 / at the decision threshold {metrics['test/threshold']:.3f}: "
-            + "  ".join(
-                f"{n} {metrics[f'test/at_0.5/{n}']:.3f} / {metrics[f'test/at_threshold/{n}']:.3f}" for n in thresholded
-            )
-        )
+    _print_thresholded(metrics, "      ")
     page = {"open": run_url(result.tracking_uri, result.experiment_id, result.run_id)}
     print_run_location("MLflow run", result.run_id, result.experiment_id, result.tracking_uri, page)
     if result.model_logged:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_fusion.cli import log_to_stderr, run_reporting_input_errors
+from lightning_fusion.errors import DataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +44,8 @@ def _predict(args: argparse.Namespace) -> None:
     from lightning_fusion.predict.loading import load_model
 
     model = load_model(args.model, args.tracking_uri)
+    if args.explain and model.unexplained():
+        raise DataError(f"--explain: {model.unexplained()}")
     predictions = _predict_patient(model, Path(args.patient)) if args.patient else model.predict_dataset(args.root)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -172,12 +172,15 @@ class EnsembleModel(TrainedModel):
             axis=0,
         )
 
-    def explain(self, patient_ids, arrays, folder, present=None):
+    def unexplained(self) -> str | None:
         runs = ", ".join(m["run_id"] for m in self.manifest.get("members", []) if m.get("run_id"))
-        raise DataError(
+        return (
             f"an ensemble of {len(self.members)} models is not explained as one; explain a member instead "
             f"(--model runs:/<member run id>; the members: {runs or 'see ensemble.json'})"
         )
+
+    def explain(self, patient_ids, arrays, folder, present=None):
+        raise DataError(self.unexplained())
 
 
 def load_ensemble(folder: Path) -> EnsembleModel:

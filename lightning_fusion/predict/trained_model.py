@@ -195,6 +195,10 @@ class TrainedModel:
         """Tabular modality → its columns after the fitted preprocessing; signal modality → its leads."""
         return feature_names(self.preprocessors)
 
+    def unexplained(self) -> str | None:
+        """Why :meth:`explain` cannot explain this model (checked before predicting), or ``None``."""
+        return None
+
     def explain(
         self,
         patient_ids: list[str],

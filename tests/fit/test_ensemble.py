@@ -128,6 +128,16 @@ def test_the_web_page_predicts_with_an_ensemble(cv_run, tmp_path):
     assert set(body["gradcam"]) == {"image"}  # the members' mean map (here 1x1: a message says so)
 
 
+def test_predict_refuses_to_explain_an_ensemble_before_predicting(seeds_run, tmp_path, capsys):
+    output = tmp_path / "predictions.csv"
+    model = f"runs:/{seeds_run['parent'].info.run_id}"
+    argv = ["--model", model, "--tracking-uri", seeds_run["uri"], "--output", str(output), "--explain", "1"]
+    assert predict_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("data error: --explain: an ensemble of 2 models is not explained as one")
+    assert not output.exists()
+
+
 def test_seeds_members_train_on_one_split_and_the_ensemble_is_tested_once(seeds_run):
     parent, children, client = seeds_run["parent"], seeds_run["children"], seeds_run["client"]
     assert [c.info.run_name for c in children] == ["seed-42", "seed-43"]
