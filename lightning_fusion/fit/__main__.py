@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     )
     args, overrides = parse_run_args(parser, argv)
     if args.resume and (args.cv or args.seeds is not None):
-        parser.error(f"--resume continues one run; {'--cv' if args.cv else '--seeds'} is not resumed")
+        what = "a cross-validation (--cv)" if args.cv else "an ensemble of seeds (--seeds)"
+        parser.error(f"--resume continues one run; {what} is not resumed")
     if args.cv and args.seeds is not None:
         parser.error("--cv and --seeds each make an ensemble; choose one")
     return args, overrides
