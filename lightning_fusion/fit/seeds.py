@@ -36,6 +36,7 @@ from lightning_fusion.fit.parent import parent_run
 from lightning_fusion.fit.results import Predictions, model_kind, run_tags
 from lightning_fusion.fit.run import fit
 from lightning_fusion.metrics import metrics_from_probabilities
+from lightning_fusion.mlflow_ui import describe
 from lightning_fusion.predict.ensemble import EnsembleModel, Member
 from lightning_fusion.tracking import RunLogger, resolve_tracking_uri
 
@@ -143,7 +144,35 @@ def _test_ensemble(
         present=datamodule.datasets["test"].present,
         modalities=config.model.modalities,
     )
+    _describe(parent, config, members, metrics, point)
     return metrics, point
+
+
+def _describe(
+    parent: RunLogger,
+    config: ExperimentConfig,
+    members: list[Member],
+    metrics: dict[str, float],
+    point: OperatingPoint | None,
+) -> None:
+    """What the MLflow UI shows first on the parent: the ensemble's test result and where its threshold came from."""
+    shown = [
+        f"{name} {metrics[f'test/{name}']:.3f} [{metrics[f'test/{name}_ci_low']:.3f}, "
+        f"{metrics[f'test/{name}_ci_high']:.3f}]"
+        for name in ("balanced_accuracy", "auroc")
+        if f"test/{name}_ci_low" in metrics
+    ]
+    note = [
+        f"**{config.name}: ensemble of {len(members)} seeds, test {', '.join(shown)}**",
+        "The mean of the members' class probabilities, tested once on the shared split's test patients; "
+        "the members (child runs) trained and validated only: "
+        + ", ".join(f"{m.role} (`{m.run_id}`)" for m in members)
+        + ".",
+    ]
+    if point is not None:
+        note.append(f"Decision threshold {point.threshold:.3f} ({point.method}), fitted on {THRESHOLD_SOURCE}.")
+    note.append(f"Use it: `python -m lightning_fusion.predict --model runs:/{parent.run_id}`.")
+    describe(parent.experiment, parent.run_id or "", "\n\n".join(note) + "\n")
 
 
 def _predictions(ensemble: EnsembleModel, datamodule: MultimodalDataModule, split: str) -> Predictions:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from lightning_fusion.errors import ModelLoadError
-from lightning_fusion.predict.ensemble import is_ensemble, load_ensemble
+from lightning_fusion.predict.ensemble import MANIFEST, is_ensemble, load_ensemble
 from lightning_fusion.predict.trained_model import TrainedModel, load_trained
 
 _SCHEMES = ("runs:/", "models:/")
@@ -21,9 +21,10 @@ _SCHEMES = ("runs:/", "models:/")
 def resolve_model(reference: str, tracking_uri: str | None = None, download_to: Path | None = None) -> Path:
     """A local checkpoint for a file path, ``runs:/<run id>[/<artifact path>]`` or ``models:/<name>/<version>``.
 
-    ``runs:/<run id>`` alone means the run's ``checkpoints`` folder. A folder (downloaded or given) is
-    an ensemble when it holds ``ensemble.json`` (:mod:`lightning_fusion.predict.ensemble`; the folder
-    is returned), else it must hold exactly one ``.ckpt`` file. Remote URLs (http, s3, ...) are refused: a checkpoint is
+    ``runs:/<run id>`` alone means the run's ``checkpoints`` folder. A folder (downloaded or given)
+    holding one ``ensemble.json`` (at any depth, as in a pyfunc ``model``) holds an ensemble
+    (:mod:`lightning_fusion.predict.ensemble`; its folder is returned), else it must hold exactly one
+    ``.ckpt`` file. Remote URLs (http, s3, ...) are refused: a checkpoint is
     code-free only when read with ``weights_only``, and we read local files and MLflow artifacts only.
     """
     if reference.startswith(_SCHEMES):
@@ -52,9 +53,10 @@ def resolve_model(reference: str, tracking_uri: str | None = None, download_to: 
         local = Path(reference).expanduser()
         if not local.exists():
             raise ModelLoadError(f"{reference}: no such checkpoint file or folder")
-    if is_ensemble(local):
-        return local
     if local.is_dir():
+        ensembles = sorted(path.parent for path in local.rglob(MANIFEST))  # the parent's checkpoints/, or model/
+        if len(ensembles) == 1:
+            return ensembles[0]
         found = sorted(local.rglob("*.ckpt"))
         if len(found) != 1:
             listed = ", ".join(str(p.relative_to(local)) for p in found) or "none"

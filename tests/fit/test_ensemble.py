@@ -103,6 +103,8 @@ def test_an_ensemble_predicts_as_one_model(which, request, tmp_path):
     }
     served = pyfunc.predict(raw)
     np.testing.assert_allclose(served[expected.columns].to_numpy(), expected.loc[ids].to_numpy(), atol=1e-6)
+    registered = load_model(f"runs:/{parent}/model", run["uri"])  # the pyfunc's folder (as models:/ gives it)
+    np.testing.assert_allclose(registered.predict_arrays(registered.inputs_from_raw(raw)), served[expected.columns])
     metadata = pyfunc.metadata.metadata["lightning_fusion"]
     assert metadata["operating_point"]["threshold"] == pytest.approx(threshold)
 
@@ -148,6 +150,7 @@ def test_seeds_members_train_on_one_split_and_the_ensemble_is_tested_once(seeds_
     assert parent.data.tags["lf.seeds"] == "2" and parent.info.status == "FINISHED"
     assert {"test/auroc", "test/auroc_ci_low", "test/at_threshold/balanced_accuracy"} <= set(parent.data.metrics)
     assert parent.data.params["operating_point.fitted_on"].startswith("validation")
+    assert "ensemble of 2 seeds, test balanced_accuracy" in parent.data.tags["mlflow.note.content"]
 
 
 def test_the_operating_point_is_fitted_on_validation_only_probabilities(seeds_run, cv_run):
