@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from lightning_fusion.compare import __main__ as compare_cli
-from lightning_fusion.compare.subsets import subset_plans
-from lightning_fusion.config import load_config
+from lightning_fusion.compare.subsets import modality_shapley, subset_plans
+from lightning_fusion.config import EvaluationConfig, load_config
 from lightning_fusion.errors import ConfigError
 from tests.conftest import cli_argv, small_overrides
 
@@ -134,3 +135,36 @@ def test_subset_plans_use_the_experiments_fusion_on_every_larger_subset():
                 },
             )
         )
+
+
+def _model(modalities, probs, patient_ids, labels):
+    from lightning_fusion.compare.results import ComparedModel
+    from lightning_fusion.fit.results import Predictions
+
+    return ComparedModel(
+        name="+".join(modalities),
+        kind="fusion" if len(modalities) > 1 else "cnn",
+        fusion="concat",
+        modalities=list(modalities),
+        how="trained",
+        run_id="",
+        metrics={},
+        intervals={},
+        test=Predictions(np.asarray(patient_ids), np.asarray(labels), np.asarray(probs)),
+        seconds=0.0,
+    )
+
+
+def test_modality_shapley_reads_each_models_subset_and_needs_the_same_patients():
+    labels = np.arange(20) % 2
+    good, bad = np.eye(2)[labels] * 0.8 + 0.1, np.full((20, 2), 0.5)
+    ids = [f"p{i:02d}" for i in range(20)]
+    evaluation = EvaluationConfig(bootstrap_resamples=1000)
+    models = [_model(["a"], good, ids, labels), _model(["b"], bad, ids, labels), _model(["a", "b"], good, ids, labels)]
+    shapley = modality_shapley(models, ["a", "b"], evaluation)
+    assert shapley.values["auroc"]["a"].value == pytest.approx(0.5) and shapley.values["auroc"]["b"].value == 0
+    with pytest.raises(RuntimeError, match=r"no subset model for \[\['a', 'b'\]\]"):
+        modality_shapley(models[:2], ["a", "b"], evaluation)
+    shuffled = [*models[:2], _model(["a", "b"], good, ids[::-1], labels)]
+    with pytest.raises(RuntimeError, match="other patients"):
+        modality_shapley(shuffled, ["a", "b"], evaluation)
