@@ -135,7 +135,7 @@ def display_intervals(
     return shown
 
 
-def shapley_figure(table: pd.DataFrame, scope: str):
+def shapley_figure(table: pd.DataFrame, scope: str, confidence: float = 0.95):
     """Bars per modality (Shapley AUROC and balanced accuracy) with bootstrap-interval whiskers."""
     figure, axes = plt.subplots(figsize=(max(5.0, 1.4 * len(table) + 2), 4.0))
     x = np.arange(len(table))
@@ -145,12 +145,14 @@ def shapley_figure(table: pd.DataFrame, scope: str):
         errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
         offset = (i - (len(SHAPLEY_METRICS) - 1) / 2) * width
         bars = axes.bar(x + offset, values, width, label=metric, yerr=errors, capsize=3)
-        axes.bar_label(bars, fmt="%+.2f", fontsize=7, padding=2)
+        axes.bar_label(bars, fmt="%+.2f", fontsize=7, label_type="center")  # clear of the whiskers
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(x, table["modality"])
     axes.set_ylabel("Shapley value (score above chance)")
-    axes.set_title(f"Modality value, {scope}\n(whiskers: 95% paired bootstrap intervals)", fontsize=10)
-    axes.legend(fontsize=8)
+    axes.set_title(f"Modality value, {scope}\n(whiskers: {confidence:.0%} paired bootstrap intervals)", fontsize=10)
+    highest = max(float(table[f"{m}_ci_high"].max()) for m in SHAPLEY_METRICS)
+    axes.set_ylim(top=max(highest, 0.0) * 1.25 + 0.02)  # room for the legend above the whiskers
+    axes.legend(fontsize=8, loc="upper center", ncol=len(SHAPLEY_METRICS))
     figure.tight_layout()
     return figure
 
@@ -182,7 +184,8 @@ def log_shapley(
     parent.log_frame_csv(per_modality, "shapley.csv")
     parent.log_frame_csv(subsets, "subset_scores.csv")
     parent.log_text(shapley_markdown(per_modality, subsets), "shapley.md")
-    figure = shapley_figure(per_modality, scope)
+    confidence = next(iter(shapley.values[SHAPLEY_METRICS[0]].values())).confidence
+    figure = shapley_figure(per_modality, scope, confidence)
     parent.log_figure(figure, "shapley.png")
     chart = png_bytes(figure)
     plt.close(figure)
@@ -190,7 +193,7 @@ def log_shapley(
         f"<p class='note'>Each modality's exact Shapley value of the score on {scope}: its gain over the subsets "
         "without it, averaged over every order of adding the modalities, as in the HAIM study "
         f"({HAIM}). The empty subset scores the chance level ({_empty_text(shapley)}), so the values add up to "
-        "the score of all modalities minus that. Intervals: percentile intervals over "
+        f"the score of all modalities minus that. Intervals: {confidence:.0%} percentile intervals over "
         f"{shapley.n_resamples} stratified bootstrap resamples of the test patients, each resample scoring every "
         "subset model on the same patients. Subsets of two or more modalities are the experiment's fusion on "
         "them; one modality is its unimodal model.</p>"
