@@ -52,9 +52,17 @@ def subset_plans(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]
             f"({2**MAX_SUBSET_MODALITIES - 1} models). Choose fewer with --model.modalities"
         )
     fusion = config.model.fusion.name
+    conditioned = config.model.fusion.metadata.get("conditions")  # film, daft, ...: the input kind they condition
     plans = []
     for size in range(2, len(modalities) + 1):
         for subset in combinations(modalities, size):
+            kinds = {m: config.model.encoders[m].metadata.get("input_kind") for m in subset}
+            if conditioned and conditioned not in kinds.values():
+                raise ConfigError(
+                    f"compare --subsets: model.fusion {fusion!r} conditions an {conditioned} encoder, and the subset "
+                    f"{list(subset)} has none ({kinds}); exact Shapley values need a model on every subset, so use "
+                    "a fusion that takes any modalities (concat, gated, attention, lmf, ...)"
+                )
             changes = {
                 "model.modalities": list(subset),
                 "model.encoders": {m: config.model.encoders[m] for m in subset},

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from lightning_fusion.compare import __main__ as compare_cli
 from lightning_fusion.compare.subsets import modality_shapley, subset_plans
-from lightning_fusion.config import EvaluationConfig, load_config
+from lightning_fusion.config import EvaluationConfig, evolve, load_config
 from lightning_fusion.errors import ConfigError
 from tests.conftest import cli_argv, small_overrides
 
@@ -125,6 +125,8 @@ def test_subset_plans_use_the_experiments_fusion_on_every_larger_subset():
         assert "+".join(plan.model.modalities) in name
         assert all(plan.model.encoders[m] == config.model.encoders[m] for m in plan.model.modalities)
         assert plan.model.fusion.name == "lmf" and plan.model.fusion.options.rank == 3
+    with pytest.raises(ConfigError, match=r"conditions an image encoder, and the subset \['tabular', 'labs'\]"):
+        subset_plans(evolve(config, {"model.fusion": {"name": "film"}}))  # refused before any model trains
     with pytest.raises(ConfigError, match="at most 5"):
         subset_plans(
             load_config(
