@@ -80,7 +80,11 @@ def test_a_prediction_per_condition_is_required():
 def test_a_masking_run_has_its_robustness_curve_and_predict_explains_with_shapley_values(
     small_cohort, mlflow_store, tmp_path, capsys
 ):
+    clinical = pd.read_csv(small_cohort / "clinical.csv")
+    clinical.drop(clinical.index[::6]).to_csv(small_cohort / "clinical.csv", index=False)  # 1 in 6 without it
     settings = {"model.fusion": "gated", "data.keep_missing_modalities": True, "trainer.max_epochs": 1}
+    # the batches as a GPU run gets them (uint8 images finished by the module), here on the CPU
+    settings |= {"data.pipeline": "device"}
     # 18 test patients, every class among them: torchmetrics' test/auroc would count a class without a
     # positive as 0, the evaluation package (and the curve) leaves it out
     settings |= {"data.split.train": 0.6, "data.split.val": 0.1, "data.split.test": 0.3, "tracking.log_model": False}
@@ -93,7 +97,12 @@ def test_a_masking_run_has_its_robustness_curve_and_predict_explains_with_shaple
     start = curve[curve["fraction"] == 0]["auroc"]
     np.testing.assert_allclose(start, result.test_metrics["test/auroc"], atol=1e-5)
     n_test = sum(result.data_summary["counts"]["test"].values())
-    assert curve[curve["fraction"] == 1]["masked"].tolist() == [n_test, n_test]  # nobody lacked one here
+    no_table = result.data_summary["kept_without"]["tabular"]["test"]
+    assert 0 < no_table < n_test
+    everyone = curve[curve["fraction"] == 1].set_index("modality")
+    # the image stays where it is a patient's only modality; the table goes wherever there is one
+    assert everyone.loc["image", ["masked", "kept_only_modality"]].tolist() == [n_test - no_table, no_table]
+    assert everyone.loc["tabular", ["masked", "kept_only_modality"]].tolist() == [n_test - no_table, 0]
     report = open(client.download_artifacts(result.run_id, "report.html", str(tmp_path))).read()
     assert "Robustness to a missing modality" in report
 
@@ -113,4 +122,7 @@ def test_a_masking_run_has_its_robustness_curve_and_predict_explains_with_shaple
     train = result.data_summary["counts"]["train"]
     prior = {c: n / sum(train.values()) for c, n in train.items()}
     np.testing.assert_allclose(table["shapley_baseline"], table["class"].map(prior), atol=1e-9)
+    missing = pd.read_csv(output).set_index("patient_id").loc[table["patient_id"], "missing"].eq("tabular").to_numpy()
+    assert missing.any() and (~missing).any()
+    assert (table["shapley_tabular"][missing].abs() < 1e-12).all() and (table["shapley_tabular"][~missing] != 0).all()
     assert "modality Shapley values" in printed and f"{table['patient_id'][0]}: P(" in printed
