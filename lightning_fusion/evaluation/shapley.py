@@ -54,14 +54,17 @@ def all_subsets(players: Sequence[str]) -> list[frozenset[str]]:
     return [frozenset(c) for size in range(1, len(players) + 1) for c in combinations(players, size)]
 
 
-def shapley_values(scores: Mapping[Iterable[str], Score], players: Sequence[str], empty: float) -> dict[str, Score]:
+def shapley_values(
+    scores: Mapping[Iterable[str], Score], players: Sequence[str], empty: float | np.ndarray
+) -> dict[str, Score]:
     """Exact Shapley value of each player from ``scores`` (non-empty subset → score) and ``v(∅) = empty``.
 
     Args:
         scores: one score per non-empty subset of ``players`` (keys: sets or tuples of player names); a
             score may be an array ``(R,)`` of replicates, which gives ``(R,)`` values per player.
         players: the modalities, in the order of the result.
-        empty: ``v(∅)``, the metric's chance level (:func:`chance_level`).
+        empty: ``v(∅)``, the metric's chance level (:func:`chance_level`), or one per game (an array that
+            broadcasts with the scores, as for per-patient games).
     """
     players = list(players)
     if len(set(players)) != len(players) or not players:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from math import factorial
 from typing import Any
 
 import numpy as np
 import torch
 
+from lightning_fusion.evaluation.shapley import shapley_values as subset_model_shapley
 from lightning_fusion.explain.inputs import Target, model_inputs, target_indices
 from lightning_fusion.explain.masked import check_masking, masked_probabilities, presence_matrix
 
@@ -45,21 +45,9 @@ def subset_masks(players: int) -> np.ndarray:
     return (rows >> np.arange(players)[None, :]) & 1 == 1
 
 
-def _shapley_weights(players: int) -> np.ndarray:
-    """``(2^M, M)``: Shapley values are ``values @ weights`` for a value table indexed as :func:`subset_masks`."""
-    masks = subset_masks(players)
-    sizes = masks.sum(axis=1)
-    weights = np.zeros((2**players, players))
-    for i in range(players):
-        without = np.flatnonzero(~masks[:, i])  # every S that lacks i
-        share = np.array([factorial(k) * factorial(players - k - 1) / factorial(players) for k in sizes[without]])
-        weights[without | (1 << i), i] += share
-        weights[without, i] -= share
-    return weights
-
-
 def shapley_values(values: np.ndarray) -> np.ndarray:
-    """Exact Shapley values of every game in ``values``.
+    """Exact Shapley values of every game in ``values`` (the formula of
+    :func:`lightning_fusion.evaluation.shapley.shapley_values`, on a value table).
 
     Args:
         values: ``(..., 2^M)`` ``v(S)`` with ``S`` indexed as :func:`subset_masks` (bit ``i``: player ``i``).
@@ -71,7 +59,14 @@ def shapley_values(values: np.ndarray) -> np.ndarray:
     players = size.bit_length() - 1
     if size < 2 or 2**players != size:
         raise ValueError(f"a value table needs 2^M entries on its last axis (M >= 1), got {size}")
-    return values @ _shapley_weights(players)
+    names = [str(i) for i in range(players)]
+    scores = {
+        frozenset(names[i] for i in np.flatnonzero(mask)): values[..., row]
+        for row, mask in enumerate(subset_masks(players))
+        if mask.any()
+    }
+    by_player = subset_model_shapley(scores, names, empty=values[..., 0])
+    return np.stack([np.asarray(by_player[name], dtype=np.float64) for name in names], axis=-1)
 
 
 # --------------------------------------------------------------------------------------------------
