@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker is one of ``-n`` processes sharing the cores: one intra-op thread each
+    # (and in the processes the tests start), or two threads per worker spin-wait against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -16,6 +20,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_fusion.demo import generate_mpi_cohort  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SMALL_PATIENTS = 60
 SMALL_IMAGE = 32

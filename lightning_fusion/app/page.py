@@ -3,7 +3,8 @@
 Self-contained (inline CSS, no scripts, images as ``data:`` URIs). Element ids for tests and scripts:
 ``input-<modality>`` (file inputs), ``predict`` (the form), ``error``, ``result``, ``predicted-class``,
 ``prob-<i>`` (one table row per class, ``data-class`` = its name), ``cam-<modality>-<view>`` (overlay
-images, views counted from 1) and ``cam-message-<modality>``.
+images, views counted from 1), ``cam-message-<modality>``, and with several modalities ``contributions``
+(the table) with a row ``contrib-<modality>`` each (cells ``drop-one``, ``shapley``, ``weight``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ figcaption { font-size: .85rem; color: #555; } button { font-size: 1rem; padding
 <td><span class="bar" style="width: {{ (240 * p) | round | int }}px"></span></td></tr>
 {% endfor %}
 </table>
+{% if result.contributions %}{% set c = result.contributions %}
+<h2>Modality contributions <span class="muted">(to P({{ result.predicted }}))</span></h2>
+<table id="contributions">
+<tr><th>modality</th><th>without it</th><th>Shapley value</th>
+{% if c.has_weights %}<th>fusion weight</th>{% endif %}</tr>
+{% for share in c.shares %}
+<tr id="contrib-{{ share.modality | dom_id }}"><td>{{ share.modality }}</td>
+<td class="drop-one">{{ share.drop_one | signed }}</td><td class="shapley">{{ share.shapley | signed }}</td>
+{% if c.has_weights %}<td class="weight">
+{{ "n/a" if share.fusion_weight is none else "%.3f" | format(share.fusion_weight) }}</td>{% endif %}</tr>
+{% endfor %}
+</table>
+<p class="muted">Without it: the probability minus the probability with the modality
+{{ "marked absent" if c.method == "mask" else "replaced by zeros" }} (n/a: nothing would be left).
+{% if c.shapley_baseline is not none %}Shapley value: the modality's share of the move from the class's training
+prior {{ "%.3f" | format(c.shapley_baseline) }} to this probability, over every subset of the modalities (the
+shares add up to the difference).{% else %}No Shapley values: {{ c.shapley_note }}.{% endif %}</p>
+{% endif %}
 {% for cam in result.cams %}
 <h2>Grad-CAM: {{ cam.modality }} <span class="muted">(evidence for {{ result.predicted }})</span></h2>
 {% if cam.message %}<p id="cam-message-{{ cam.modality | dom_id }}" class="warning">{{ cam.message }}</p>{% endif %}
@@ -111,6 +130,7 @@ def dom_id(text: str) -> str:
 _ENVIRONMENT = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
 _ENVIRONMENT.filters["dom_id"] = dom_id
 _ENVIRONMENT.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
+_ENVIRONMENT.filters["signed"] = lambda value: "n/a" if value is None else f"{value:+.3f}"
 _PAGE = _ENVIRONMENT.from_string(_TEMPLATE)
 
 

@@ -1,4 +1,5 @@
-"""One patient's model inputs → class probabilities and a Grad-CAM overlay per view of each image modality.
+"""One patient's model inputs → class probabilities, a Grad-CAM overlay per view of each image modality, and
+what each modality adds to the predicted class (drop-one deltas; Shapley values for a fusion that masks).
 
 The heat maps explain the predicted class (:func:`lightning_fusion.explain.cam.grad_cam`; for an ensemble
 the mean of its members' maps). Where Grad-CAM
@@ -34,13 +35,46 @@ class CamResult:
 
 
 @dataclass
+class ModalityShare:
+    """What one modality adds to the predicted class's probability (``None``: not defined for it or the model).
+
+    Attributes:
+        drop_one: the probability minus the probability without the modality.
+        shapley: its exact Shapley value (fusions that mask absent modalities).
+        fusion_weight: the fusion's own weight of the modality for this patient, if the fusion has weights.
+    """
+
+    modality: str
+    drop_one: float | None
+    shapley: float | None
+    fusion_weight: float | None
+
+
+@dataclass
+class Contributions:
+    """The modality shares of one patient and how they were computed."""
+
+    shares: list[ModalityShare]
+    method: str  # "mask" (marked absent) or "zeros" (input replaced by zeros)
+    shapley_baseline: float | None  # v(no modality): the predicted class's training prior
+    shapley_note: str | None  # why there are no Shapley values, when there are none
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the fusion gave modality weights (a column of its own on the page)."""
+        return any(share.fusion_weight is not None for share in self.shares)
+
+
+@dataclass
 class PatientPrediction:
-    """The predicted class, every class's probability, and the Grad-CAM results of the image modalities."""
+    """The predicted class, every class's probability, the Grad-CAM results of the image modalities, and
+    (several modalities) each modality's contribution."""
 
     predicted: str
     probabilities: dict[str, float]
     cams: list[CamResult]
     decision: str = ""  # how the class was chosen: a binary model's threshold, else the most probable class
+    contributions: Contributions | None = None
 
 
 def predict_patient(
@@ -72,7 +106,25 @@ def predict_patient(
         probabilities={name: float(p) for name, p in zip(model.classes, probabilities)},
         cams=cams,
         decision=_decision(model),
+        contributions=_contributions(model, arrays, present, predicted) if len(model.modalities) > 1 else None,
     )
+
+
+def _contributions(
+    model: TrainedModel, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None, target: int
+) -> Contributions:
+    drops = model.modality_contributions(arrays, present, target)  # an ensemble: the members' mean
+
+    def first(values: dict[str, np.ndarray] | None, modality: str) -> float | None:
+        value = float(values[modality][0]) if values is not None else float("nan")
+        return value if np.isfinite(value) else None  # NaN: the patient's only modality, nothing left without it
+
+    shares = [
+        ModalityShare(m, first(drops.deltas, m), first(drops.shapley, m), first(drops.fusion_weights, m))
+        for m in model.modalities
+    ]
+    baseline = float(drops.shapley_baseline[0]) if drops.shapley_baseline is not None else None
+    return Contributions(shares, drops.method, baseline, drops.shapley_skipped)
 
 
 def _decision(model: TrainedModel) -> str:

@@ -7,7 +7,9 @@ Routes:
   probabilities and the Grad-CAM overlays; a bad upload → the page with the message, HTTP 400; an
   upload over ``max_upload_mb`` → HTTP 413.
 * ``POST /api/predict`` — the same form → ``{"predicted", "probabilities", "patient_id", "notes",
-  "gradcam": {modality: {"views", "overlays" (base64 PNG), "message"}}}``; errors ``{"error"}`` (400, 413).
+  "gradcam": {modality: {"views", "overlays" (base64 PNG), "message"}}}``, and with several modalities
+  ``"contributions": {"method", "shapley_baseline", "shapley_note", "modalities": {modality: {"drop_one",
+  "shapley", "fusion_weight"}}}`` (``null`` where not defined); errors ``{"error"}`` (400, 413).
 * ``GET /api/model`` — what the model needs: modalities, classes and each upload's description.
 
 Each request's files are saved in a :class:`tempfile.TemporaryDirectory` that is deleted before the
@@ -98,6 +100,7 @@ def create_app(model: TrainedModel, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD
             patient_id=patient.patient_id,
             notes=patient.notes,
             gradcam=gradcam,
+            contributions=_contributions_json(result),
         )
 
     @app.get("/api/model")
@@ -117,6 +120,21 @@ def create_app(model: TrainedModel, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         return page(413, error=message)
 
     return app
+
+
+def _contributions_json(result: PatientPrediction) -> dict | None:
+    found = result.contributions
+    if found is None:
+        return None
+    return {
+        "method": found.method,
+        "shapley_baseline": found.shapley_baseline,
+        "shapley_note": found.shapley_note,
+        "modalities": {
+            share.modality: {"drop_one": share.drop_one, "shapley": share.shapley, "fusion_weight": share.fusion_weight}
+            for share in found.shares
+        },
+    }
 
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "UploadError", "create_app"]

@@ -1,8 +1,10 @@
-"""``python -m lightning_fusion.compare [--config experiments/X.yaml] [--fusions concat,late_weighted,...]``
+"""``python -m lightning_fusion.compare [--config experiments/X.yaml] [--fusions concat,late_weighted,... | --subsets]``
 
 Did fusion beat the CNN and the ANN, and which fusion? Trains the unimodal models and the chosen
 fusions on one split (see :mod:`lightning_fusion.compare.run`), records them as child runs of one
 MLflow parent run, and prints the comparison table. With no ``--config``: the built-in demo cohort.
+``--subsets`` trains one model per non-empty subset of the modalities instead and adds each
+modality's Shapley value (:mod:`lightning_fusion.compare.subsets`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_config_help(parser)
     parser.add_argument("--config", help="experiment YAML with two or more modalities (default: the built-in demo)")
+    parser.add_argument("--fusions", help=f"comma-separated fusions (default: {','.join(DEFAULT_FUSIONS)})")
     parser.add_argument(
-        "--fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions (default: %(default)s)"
+        "--subsets",
+        action="store_true",
+        help="instead of --fusions: one model per non-empty subset of the modalities (at most 5 modalities; the "
+        "experiment's model.fusion on two or more) and each modality's Shapley value of test AUROC and balanced "
+        "accuracy, with bootstrap intervals",
     )
     add_run_arguments(parser, "patient-grouped stratified K-fold cross-validation of every model")
     args, overrides = parse_run_args(parser, argv)
@@ -53,7 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code, result = run_reporting_input_errors(
             lambda: run_comparison(
-                load_config(args.config, overrides), parse_fusions(args.fusions), cv=args.cv, cv_repeats=args.cv_repeats
+                load_config(args.config, overrides),
+                None if args.fusions is None else parse_fusions(args.fusions),
+                cv=args.cv,
+                cv_repeats=args.cv_repeats,
+                subsets=args.subsets,
             )
         )
     except BaseException as err:  # the parent run is already ended: KILLED by an interrupt, FAILED otherwise
@@ -80,6 +91,11 @@ def _print_result(result) -> None:
         print(markdown_table(display_paired(result.paired)), end="")
     print()
     print(verdict(result))
+    if result.shapley is not None:
+        from lightning_fusion.compare.subsets import shapley_markdown
+
+        print()
+        print(shapley_markdown(result.shapley, result.subset_scores), end="")
     where = (result.tracking_uri, result.experiment_id, result.parent_run_id)
     pages = {"models": view_url(*where), "verdict": run_url(*where)}  # the children by balanced accuracy; the parent
     print_run_location("MLflow parent run", result.parent_run_id, result.experiment_id, result.tracking_uri, pages)

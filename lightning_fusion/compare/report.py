@@ -171,9 +171,10 @@ def log_comparison(
     test_patients: int,
     cv: int | None = None,
     models: Sequence[ComparedModel] = (),
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> None:
     """The parent run's artifacts: tables (markdown + CSV), chart, decision curves of ``models``, per-model
-    metrics and ``report.html``."""
+    metrics and ``report.html`` (``extra_sections``, (heading, HTML), after the chart)."""
     shown = display_table(table)
     parent.log_text(markdown_table(shown), "comparison.md")
     parent.log_frame_csv(table, "comparison.csv")
@@ -219,6 +220,7 @@ def log_comparison(
             ("Test metrics", table_html(shown.to_dict("records")) + note),
             ("Paired tests", table_html(display_paired(paired).to_dict("records"))),
             ("Chart", image_html(chart, "comparison")),
+            *extra_sections,
             *(
                 [("Decision curves", image_html(decision_png, "decision curves") + _DECISION_NOTE)]
                 if decision_png
@@ -281,6 +283,13 @@ def comparison_note(result: ComparisonResult) -> str:
     ]
     if len(result.paired):
         parts += ["Paired tests (Holm-adjusted p-values):", markdown_table(display_paired(result.paired)).rstrip("\n")]
+    if result.shapley is not None:
+        from lightning_fusion.compare.subsets import shapley_markdown
+
+        parts += [
+            "Modality value: Shapley values (the empty subset scores chance; `shapley.png`, `shapley.csv`):",
+            shapley_markdown(result.shapley, result.subset_scores).rstrip("\n"),
+        ]
     return "\n\n".join(parts) + "\n"
 
 

@@ -38,6 +38,8 @@ class ComparisonResult:
     paired: pd.DataFrame  # each fusion against each unimodal model: McNemar and AUROC difference
     test_patients: int
     cv: int | None = None  # K when the figures are pooled out-of-fold predictions
+    shapley: pd.DataFrame | None = None  # compare --subsets: each modality's Shapley values with interval bounds
+    subset_scores: pd.DataFrame | None = None  # compare --subsets: every subset's scores, from the empty set up
 
     def best(self, unimodal: bool = False) -> ComparedModel:
         """The model with the highest test balanced accuracy among the fusions (or the unimodal models)."""

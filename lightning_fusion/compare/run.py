@@ -20,6 +20,9 @@ and ``lf.base_runs``) of one parent run tagged ``lf.compare=true``, which holds 
 description is the verdict and the table, and a saved view of the MLflow UI lists its children by
 test balanced accuracy (:mod:`lightning_fusion.mlflow_ui`).
 The table's metrics are computed the same way for every model, from its test probabilities.
+With ``subsets=True`` (``compare --subsets``) the models are instead one per non-empty subset of the
+modalities, the unimodal models and the experiment's fusion on every larger subset, and the parent run
+adds each modality's Shapley value (:mod:`lightning_fusion.compare.subsets`).
 The parent run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
 """
 
@@ -38,6 +41,7 @@ import pandas as pd
 from lightning_fusion.compare.procedures import PROCEDURES, DecisionInputs, log_loss
 from lightning_fusion.compare.report import comparison_table, log_comparison, paired_tests, present_in_ui
 from lightning_fusion.compare.results import ComparedModel, ComparisonResult
+from lightning_fusion.compare.subsets import log_shapley, modality_shapley, subset_plans
 from lightning_fusion.config import (
     EvaluationConfig,
     ExperimentConfig,
@@ -133,14 +137,24 @@ def run_comparison(
     progress: Callable[[str], None] = log.info,
     cv: int | None = None,
     cv_repeats: int = 1,
+    subsets: bool = False,
 ) -> ComparisonResult:
     """Train and compare; returns the table (also logged to the parent run). See the module docstring.
 
     With ``cv`` (K folds, patient-grouped and stratified, ``cv_repeats`` times), every model is trained
     once per fold on the same folds; the table and the paired tests use the pooled out-of-fold
     predictions of the first repeat (every patient tested once) and add the mean ± sd over folds.
+
+    With ``subsets``, the models are one per non-empty subset of the modalities (the experiment's
+    ``model.fusion`` on each subset of two or more) instead of ``fusions``, and the result adds each
+    modality's Shapley value (:mod:`lightning_fusion.compare.subsets`).
     """
-    fusions = parse_fusions(fusions)
+    if subsets and fusions is not None:
+        raise ConfigError(
+            "--subsets trains the experiment's own fusion (model.fusion) on every subset of the modalities; "
+            "choose it with --model.fusion NAME instead of --fusions"
+        )
+    fusions = [config.model.fusion.name] if subsets else parse_fusions(fusions)
     modalities = list(config.model.modalities)
     if len(modalities) < 2:
         raise ConfigError(f"compare needs an experiment with two or more modalities, got model.modalities {modalities}")
@@ -151,8 +165,11 @@ def run_comparison(
         )
     config = _single_process(config)
     plans = [(m, unimodal_config(config, m)) for m in modalities]
-    trained = [(f, fusion_config(config, f)) for f in fusions if not is_procedure(f)]
-    procedures = [f for f in fusions if is_procedure(f)]
+    if subsets:
+        trained, procedures = subset_plans(config), []
+    else:
+        trained = [(f"fusion {f}", fusion_config(config, f)) for f in fusions if not is_procedure(f)]
+        procedures = [f for f in fusions if is_procedure(f)]
 
     # bad input stops here, before any run exists
     if cv:
@@ -167,17 +184,25 @@ def run_comparison(
     if "stacking" in procedures:  # before anything trains: the meta-learner must see every class
         _check_stacking_classes([f.splits["val"] for f in folds] if cv else [first.splits["val"]], first)
 
-    tags = {
-        "lf.compare": "true",
-        "lf.dataset": summary["dataset"],
-        "lf.modalities": ",".join(modalities),
-        "lf.experiment": config.name,
-        "lf.fusions": ",".join(fusions),
-    } | ({"lf.cv": str(cv), "lf.cv_repeats": str(cv_repeats)} if cv else {})
-    parent = create_run_logger(config.tracking, f"{config.name}-compare" + (f"-cv{cv}" if cv else ""), tags)
+    tags = (
+        {
+            "lf.compare": "true",
+            "lf.dataset": summary["dataset"],
+            "lf.modalities": ",".join(modalities),
+            "lf.experiment": config.name,
+            "lf.fusions": ",".join(fusions),
+        }
+        | ({"lf.cv": str(cv), "lf.cv_repeats": str(cv_repeats)} if cv else {})
+        | ({"lf.subsets": "true"} if subsets else {})
+    )
+    run_name = f"{config.name}-compare" + ("-subsets" if subsets else "") + (f"-cv{cv}" if cv else "")
+    parent = create_run_logger(config.tracking, run_name, tags)
     per_fold: list[list[ComparedModel]] = []
     try:
-        parent.log_params(flatten(to_dict(config)) | {"compare.fusions": ",".join(fusions), "compare.cv": cv or 0})
+        parent.log_params(
+            flatten(to_dict(config))
+            | {"compare.fusions": ",".join(fusions), "compare.cv": cv or 0, "compare.subsets": subsets}
+        )
         parent.log_text(to_yaml(config), "config.yaml")
         log_data_summary(parent, summary)
         for i, fold in enumerate(folds):
@@ -202,7 +227,18 @@ def run_comparison(
         if cv:
             table = _with_fold_spread(table, per_fold, folds)
         paired = paired_tests(models, config.evaluation)
-        log_comparison(parent, table, paired, summary, config, test_patients, cv, models)
+        shapley, subset_scores, sections = None, None, []
+        if subsets:
+            scope = (
+                f"the pooled out-of-fold predictions of {cv}-fold cross-validation ({test_patients} patients)"
+                if cv
+                else f"the {test_patients} test patients of one split"
+            )
+            shapley, subset_scores, section = log_shapley(
+                parent, modality_shapley(models, modalities, config.evaluation), models, scope
+            )
+            sections.append(("Modality value (Shapley)", section))
+        log_comparison(parent, table, paired, summary, config, test_patients, cv, models, sections)
         result = ComparisonResult(
             parent_run_id=parent.run_id or "",
             experiment_id=parent.experiment_id,
@@ -212,6 +248,8 @@ def run_comparison(
             paired=paired,
             test_patients=test_patients,
             cv=cv,
+            shapley=shapley,
+            subset_scores=subset_scores,
         )
         present_in_ui(parent, result)
         parent.close("success")
@@ -244,15 +282,13 @@ def _compare_on_split(
     where: str,
     progress: Callable[[str], None],
 ) -> list[ComparedModel]:
-    """The unimodal models, the trained fusions and the procedures on one split, as child runs."""
+    """The unimodal models, the trained fusions (``(name, config)``) and the procedures on one split, as child runs."""
     summary = datamodule.summary()
     kinds = {m: s.kind for m, s in datamodule.specs.items()}
     suffix = f"-r{fold_tags['lf.repeat']}-fold{fold_tags['lf.fold']}" if fold_tags else ""
     models: list[ComparedModel] = []
     unimodal: dict[str, FitResult] = {}
-    for name, child_config in [(f"{model_kind([kinds[m]])} ({m})", c) for m, c in plans] + [
-        (f"fusion {f}", c) for f, c in trained
-    ]:
+    for name, child_config in [(f"{model_kind([kinds[m]])} ({m})", c) for m, c in plans] + trained:
         progress(f"training {name}{where} ...")
         result = fit(
             child_config,

@@ -96,6 +96,19 @@ def presence_section(rows: Sequence[Mapping[str, Any]], confidence: float) -> st
     return table_html(table) + note
 
 
+def robustness_section(rows: Sequence[Mapping[str, Any]], figure: bytes) -> str:
+    """The robustness curve: its figure and the rows of
+    :func:`~lightning_fusion.evaluation.robustness.robustness_curve`."""
+    seeded = (
+        "<p class='note'>Test AUROC (macro one-vs-rest) when one modality is marked absent for a growing share of "
+        "the test patients (one seeded, nested choice of patients for every modality), the tested model predicting "
+        "them again: nothing refitted. <i>masked</i>: patients who lost the modality; <i>kept only modality</i>: "
+        "chosen patients who keep it because it is all they have. Fraction 0 is the run's test AUROC.</p>"
+    )
+    table = [{k: ("n/a" if k == "auroc" and v != v else v) for k, v in row.items()} for row in rows]
+    return image_html(figure, "robustness.png") + table_html(table) + seeded
+
+
 def render_report(title: str, sections: Sequence[tuple[str, str]], subtitle: str = "") -> str:
     """A whole HTML document from ``(heading, html body)`` sections."""
     body = "".join(f"<h2>{html.escape(heading)}</h2>{content}" for heading, content in sections)

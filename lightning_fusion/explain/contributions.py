@@ -1,4 +1,6 @@
-"""How much the predicted class's probability falls when one modality is taken away; the fusion's weights."""
+"""How much the predicted class's probability falls when one modality is taken away; the fusion's weights;
+and, for a fusion that masks absent modalities, each modality's exact Shapley value
+(:mod:`~lightning_fusion.explain.shapley`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 
 from lightning_fusion.explain.inputs import Target, inspecting, model_inputs, target_indices
+from lightning_fusion.explain.shapley import modality_shapley
 
 if TYPE_CHECKING:
     from lightning_fusion.lit import FusionLitModule
@@ -33,6 +36,10 @@ class ModalityContributions:
             mean of z-scored tables and signals).
         fusion_weights: modality → ``(B,)`` the fusion's own per-sample modality weights (each sample's
             sum to 1), or ``None`` when the fusion has none. ``weights_source`` says what they are.
+        shapley: modality → ``(B,)`` its exact Shapley value of the same probability over every subset of
+            modalities (each patient's sum to ``probability − shapley_baseline``), or ``None`` when the fusion
+            cannot mask (``shapley_skipped`` says why).
+        shapley_baseline: ``(B,)`` ``v(no modality)``: the explained class's prior in the training split.
     """
 
     target: np.ndarray
@@ -41,12 +48,16 @@ class ModalityContributions:
     method: Literal["mask", "zeros"]
     fusion_weights: dict[str, np.ndarray] | None
     weights_source: str | None
+    shapley: dict[str, np.ndarray] | None = None
+    shapley_baseline: np.ndarray | None = None
+    shapley_skipped: str | None = None
 
 
 def modality_contributions(
     module: FusionLitModule, batch: Mapping[str, Any], target: Target = None
 ) -> ModalityContributions:
-    """Drop-one-modality deltas of the target class's probability, and the fusion's own weights if any.
+    """Drop-one-modality deltas of the target class's probability, the fusion's own weights if any, and for a
+    fusion that masks, each modality's Shapley value (:func:`~lightning_fusion.explain.shapley.modality_shapley`).
 
     For each modality: the probability with every modality minus the probability without it — marked
     absent through ``present`` when the fusion supports missing modalities (``FUSIONS`` metadata
@@ -85,6 +96,12 @@ def modality_contributions(
                 zeroed = inputs | {modality: torch.zeros_like(inputs[modality])}
                 delta = probability - module(zeroed).float().softmax(dim=1)[rows, targets]
             deltas[modality] = delta.cpu().numpy()
+    try:
+        shapley = modality_shapley(module, inputs, targets)
+    except ValueError as err:  # a fusion that cannot mask, a model without its training class frequencies
+        shapley, skipped = None, str(err)
+    else:
+        skipped = None
     return ModalityContributions(
         target=targets.cpu().numpy(),
         probability=probability.cpu().numpy(),
@@ -92,4 +109,7 @@ def modality_contributions(
         method=method,
         fusion_weights=fusion_weights.as_numpy() if fusion_weights is not None else None,
         weights_source=fusion_weights.source if fusion_weights is not None else None,
+        shapley=shapley.values if shapley is not None else None,
+        shapley_baseline=shapley.baseline if shapley is not None else None,
+        shapley_skipped=skipped,
     )

@@ -5,7 +5,8 @@ run's ``explanations/`` artifacts for a few test patients)::
 
     <patient id>/<image modality>_view<k>.png   heat map over each view (Grad-CAM, predicted class)
     tabular_attributions.csv                    patient_id, modality, feature, value, attribution
-    modality_contributions.csv                  patient_id, explained class, probability, drop-one deltas, weights
+    modality_contributions.csv                  patient_id, explained class, probability, drop-one deltas, weights,
+                                                and (masking fusions) Shapley values with their baseline
     explanations.json                           what was explained, how, and anything that could not be
 
 A part that is not defined for the model (Grad-CAM on a non-CNN backbone or a stacked early fusion,
@@ -33,6 +34,12 @@ from lightning_fusion.explain.contributions import modality_contributions
 from lightning_fusion.explain.inputs import inspecting
 
 log = logging.getLogger(__name__)
+
+SHAPLEY_SUMMARY = (
+    "exact Shapley values of the explained class's probability over every subset of the modalities (the others "
+    "masked as missing); v(no modality) = the class's training prior (shapley_baseline), so a patient's values "
+    "sum to probability - shapley_baseline"
+)
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -123,8 +130,16 @@ def explain_patients(
             frame[f"delta_without_{modality}"] = delta
         for modality, weight in (drops.fusion_weights or {}).items():
             frame[f"fusion_weight_{modality}"] = weight
+        for modality, value in (drops.shapley or {}).items():
+            frame[f"shapley_{modality}"] = value
+        if drops.shapley_baseline is not None:
+            frame["shapley_baseline"] = drops.shapley_baseline
         frame.to_csv(folder / "modality_contributions.csv", index=False)
         summary["modality_contributions"] = {"method": drops.method, "fusion_weights": drops.weights_source}
+        if drops.shapley is not None:
+            summary["modality_contributions"]["shapley"] = SHAPLEY_SUMMARY
+        else:
+            summary["skipped"]["modality_shapley"] = drops.shapley_skipped
     else:
         summary["skipped"]["modality_contributions"] = "a one-modality model has no modality to drop"
     (folder / "explanations.json").write_text(json.dumps(summary, indent=2))

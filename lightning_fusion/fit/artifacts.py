@@ -18,7 +18,8 @@ from lightning_fusion.config import (
 )
 from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.evaluation.presence import presence_pattern_metrics, presence_patterns
-from lightning_fusion.evaluation.report import presence_section, run_report
+from lightning_fusion.evaluation.report import presence_section, robustness_section, run_report
+from lightning_fusion.evaluation.robustness import robustness_figure
 from lightning_fusion.evaluation.scoring import evaluate, log_evaluation, png_bytes
 from lightning_fusion.evaluation.threshold import THRESHOLDED_METRICS, OperatingPoint, operating_point_metrics
 from lightning_fusion.fit.checkpoints import AtomicCheckpointIO
@@ -46,6 +47,7 @@ def log_tested_model(
     point: OperatingPoint | None = None,
     present: Mapping[str, np.ndarray] | None = None,
     modalities: Sequence[str] = (),
+    robustness: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Everything a tested model's run keeps of its test set; returns the interval, calibration and (binary)
     operating-point metrics.
@@ -54,7 +56,9 @@ def log_tested_model(
     ``point`` for a binary model), bootstrap intervals, calibration, ROC / PR / decision curves,
     thresholded metrics at 0.5 and at ``point``, and ``report.html`` with all of it. With ``present``
     (the test patients' presence flags of ``modalities``, in ``test`` order) and some patient lacking a
-    modality, also the metrics per presence pattern (``presence_metrics.json`` and a report section).
+    modality, also the metrics per presence pattern (``presence_metrics.json`` and a report section). With
+    ``robustness`` (rows of :func:`~lightning_fusion.evaluation.robustness.robustness_curve`), ``robustness.csv``,
+    ``robustness.png`` and a report section.
     """
     log_data_summary(logger, summary)
     predicted = point.predict(test.probs) if point is not None else test.probs.argmax(axis=1)
@@ -96,6 +100,12 @@ def log_tested_model(
             "presence_metrics.json",
         )
         extra.append(("Test metrics by presence pattern", presence_section(rows, evaluation.confidence)))
+    if robustness:
+        logger.log_frame_csv(pd.DataFrame(list(robustness)), "robustness.csv")
+        figure = robustness_figure(robustness, len(test.labels))
+        logger.log_figure(figure, "robustness.png")
+        extra.append(("Robustness to a missing modality", robustness_section(robustness, png_bytes(figure))))
+        plt.close(figure)
     logger.log_text(
         run_report(
             title,

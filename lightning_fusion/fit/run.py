@@ -44,6 +44,7 @@ from lightning_fusion.fit.artifacts import (
 )
 from lightning_fusion.fit.results import FitResult, Predictions, class_balance_tags, run_tags
 from lightning_fusion.fit.resume import LAST, RESUME_ARTIFACTS, ResumePoint, staging_folder
+from lightning_fusion.fit.robustness import tested_robustness, wants_robustness
 from lightning_fusion.fit.trainer import build_trainer
 from lightning_fusion.lit import FusionLitModule
 from lightning_fusion.tracking import RunLogger, create_run_logger, resolve_tracking_uri
@@ -158,6 +159,9 @@ def fit(
                 )
                 if point is not None:
                     log_operating_point(logger, point, best)
+                robustness = (
+                    tested_robustness(trainer, module, datamodule, config.seed) if wants_robustness(module) else None
+                )
                 test_metrics |= log_tested_model(
                     logger,
                     module.classes,
@@ -169,6 +173,7 @@ def fit(
                     point=point,
                     present=datamodule.datasets["test"].present,
                     modalities=config.model.modalities,
+                    robustness=robustness,
                 )
                 if config.evaluation.explain_patients:
                     log_explanations(logger, module, datamodule, config.evaluation.explain_patients)

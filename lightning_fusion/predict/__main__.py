@@ -71,8 +71,33 @@ def _predict(args: argparse.Namespace) -> None:
         present = {m: flags[: len(ids)] for m, flags in predictions.present.items()}
         summary = model.explain(ids, arrays, folder, present)
         print(f"  explanations of {len(ids)} patients → {folder}")
+        for line in _shapley_lines(folder / "modality_contributions.csv"):
+            print(line)
         for part, reason in summary["skipped"].items():
             print(f"  not explained, {part}: {reason}")
+
+
+SHOWN_PATIENTS = 10  # at most this many patients' Shapley lines are printed; the file has every one
+
+
+def _shapley_lines(table: Path) -> list[str]:
+    """One line per explained patient: the class's probability as its training prior plus each modality's share."""
+    import pandas as pd
+
+    if not table.is_file():
+        return []
+    frame = pd.read_csv(table, dtype={"patient_id": str})
+    columns = [c for c in frame.columns if c.startswith("shapley_") and c != "shapley_baseline"]
+    if not columns:
+        return []
+    lines = ["  modality Shapley values (P(class) = its training prior + one share per modality):"]
+    for _, row in frame.head(SHOWN_PATIENTS).iterrows():
+        shares = " ".join(f"{c.removeprefix('shapley_')} {row[c]:+.3f}" for c in columns)
+        start = f"P({row['class']}) {row['probability']:.3f} = {row['shapley_baseline']:.3f}"
+        lines.append(f"    {row['patient_id']}: {start} {shares}")
+    if len(frame) > SHOWN_PATIENTS:
+        lines.append(f"    ... {len(frame) - SHOWN_PATIENTS} more in {table.name}")
+    return lines
 
 
 def _predict_patient(model, folder: Path):

@@ -17,9 +17,9 @@ rows through each member's preprocessor and concatenates the results on the firs
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.evaluation.threshold import OperatingPoint
 from lightning_fusion.predict.trained_model import TrainedModel
+
+if TYPE_CHECKING:
+    from lightning_fusion.explain.contributions import ModalityContributions
 
 MANIFEST = "ensemble.json"
 FORMAT = 1
@@ -170,6 +173,31 @@ class EnsembleModel(TrainedModel):
                 for i, member in enumerate(self.members)
             ],
             axis=0,
+        )
+
+    def modality_contributions(
+        self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None, target: int
+    ) -> ModalityContributions:
+        """The members' contributions averaged: exact for the ensemble, whose probability with any subset of
+        modalities is the members' mean (drop-one deltas and Shapley values are linear in it)."""
+        parts = [
+            member.modality_contributions(self.member_arrays(arrays, i), present, target)
+            for i, member in enumerate(self.members)
+        ]
+
+        def mean(values: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+            if any(v is None for v in values):
+                return None
+            return {m: np.mean([v[m] for v in values], axis=0) for m in values[0]}
+
+        baselines = [p.shapley_baseline for p in parts]
+        return replace(
+            parts[0],
+            probability=np.mean([p.probability for p in parts], axis=0),
+            deltas=mean([p.deltas for p in parts]),
+            fusion_weights=mean([p.fusion_weights for p in parts]),
+            shapley=mean([p.shapley for p in parts]),
+            shapley_baseline=None if any(b is None for b in baselines) else np.mean(baselines, axis=0),
         )
 
     def unexplained(self) -> str | None:

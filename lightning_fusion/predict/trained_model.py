@@ -15,7 +15,7 @@ import logging
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.errors import DataError, ModelLoadError
 from lightning_fusion.evaluation.threshold import OperatingPoint
 from lightning_fusion.lit import CHECKPOINT_FORMAT, CHECKPOINT_KEY, FusionLitModule
+
+if TYPE_CHECKING:
+    from lightning_fusion.explain.contributions import ModalityContributions
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +224,17 @@ class TrainedModel:
 
         kinds = {m: spec["kind"] for m, spec in self.specs.items()}
         return grad_cam(self.module, collate_arrays(arrays, kinds, present), modality, target=target)
+
+    def modality_contributions(
+        self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray] | None, target: int
+    ) -> ModalityContributions:
+        """What each modality adds to class ``target``'s probability for these patients: drop-one deltas, the
+        fusion's weights, Shapley values (:func:`~lightning_fusion.explain.contributions.modality_contributions`)."""
+        from lightning_fusion.explain.contributions import modality_contributions
+
+        kinds = {m: spec["kind"] for m, spec in self.specs.items()}
+        batch = collate_arrays(arrays, kinds, present)
+        return modality_contributions(self.module, batch, target=[target] * len(next(iter(arrays.values()))))
 
     def predicted_indices(self, probs: np.ndarray) -> np.ndarray:
         """Class indices ``(N,)`` for probabilities ``(N, K)``: at the operating point, else the most probable class."""

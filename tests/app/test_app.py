@@ -597,3 +597,49 @@ def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
         == 400
     )
     assert _post(client, "/api/predict", {}).status_code == 400
+
+
+def test_the_page_shows_each_modalitys_drop_one_delta_and_shapley_value(signal_model):
+    """A masking model: the Shapley values add up to P(predicted) minus its training prior; concat says why not."""
+    config = load_config(
+        None,
+        {
+            "data.reader": {"name": "ecg"},
+            "data.root": "unused",
+            "data.keep_missing_modalities": True,
+            "model.modalities": ["signal", "tabular"],
+            "model.fusion": "gated",
+            "model.encoders.signal": {"name": "signal_mlp", "widths": [8]},
+            "model.encoders.tabular": {"name": "mlp", "widths": [8]},
+            "trainer.accelerator": "cpu",
+        },
+    )
+    torch.manual_seed(0)
+    weights = [1.0, 2.0, 0.5]  # balanced class weights n / (K n_k): training frequencies 2/7, 1/7, 4/7
+    module = FusionLitModule(to_dict(config), signal_model.specs, signal_model.classes, weights).eval()
+    model = TrainedModel(module, signal_model.preprocessors, Path("untrained.ckpt"), {})
+    signal = np.random.default_rng(1).normal(size=(LEADS, SAMPLES)).astype(np.float32)
+    answer = _post(create_app(model).test_client(), "/api/predict", _signal_form((_npy(signal), "ecg.npy"))).get_json()
+    found = answer["contributions"]
+    predicted = answer["probabilities"][answer["predicted"]]
+    prior = {"normal": 2 / 7, "abnormal": 1 / 7, "borderline": 4 / 7}[answer["predicted"]]
+    assert found["method"] == "mask" and found["shapley_baseline"] == pytest.approx(prior)
+    shares = found["modalities"]
+    assert sum(s["shapley"] for s in shares.values()) == pytest.approx(predicted - prior, abs=1e-5)
+    assert sum(s["fusion_weight"] for s in shares.values()) == pytest.approx(1, abs=1e-5)  # the gates
+    page = _post(create_app(model).test_client(), "/predict", _signal_form((_npy(signal), "ecg.npy")))
+    text = page.get_data(as_text=True)
+    row = re.search(r'<tr id="contrib-signal">(.*?)</tr>', text, flags=re.S).group(1)
+    assert f"{shares['signal']['shapley']:+.3f}" in row and f"{shares['signal']['drop_one']:+.3f}" in row
+    assert f"training\nprior {prior:.3f}" in text
+    # only the signal given: the table is a null player, the signal holds the whole difference
+    alone = _post(create_app(model).test_client(), "/api/predict", {"signal": [_file(_npy(signal), "e.npy")]})
+    alone = alone.get_json()
+    shares = alone["contributions"]["modalities"]
+    assert shares["tabular"]["shapley"] == pytest.approx(0, abs=1e-9) and shares["tabular"]["drop_one"] == 0
+    assert shares["signal"]["drop_one"] is None  # nothing would be left without it
+    # a fusion that cannot mask: drop-one deltas (inputs zeroed) and the reason there are no Shapley values
+    concat = _post(create_app(signal_model).test_client(), "/predict", _signal_form((_npy(signal), "ecg.npy")))
+    assert "No Shapley values: modality Shapley values need a fusion that masks absent modalities; model.fusion " in (
+        html.unescape(concat.get_data(as_text=True))
+    )

@@ -128,6 +128,17 @@ def test_the_web_page_predicts_with_an_ensemble(cv_run, tmp_path):
     assert body["predicted"] == expected["predicted"]
     assert body["decision"].startswith("ischemia when its probability is at least")
     assert set(body["gradcam"]) == {"image"}  # the members' mean map (here 1x1: a message says so)
+    # the drop-one delta of the table (concat: its z-scored input replaced by zeros, in every member's part)
+    # is the ensemble's probability minus the ensemble's without it
+    cohort, pid = ensemble.read_cohort(), normalise_patient_id(folder.name)
+    ids, arrays, _, _ = ensemble.dataset_arrays(cohort)
+    one = {m: values[ids.index(pid) : ids.index(pid) + 1] for m, values in arrays.items()}
+    target = ensemble.classes.index(body["predicted"])
+    with_table = ensemble.predict_arrays(one)[0, target]
+    without = ensemble.predict_arrays(one | {"tabular": np.zeros_like(one["tabular"])})[0, target]
+    contributions = body["contributions"]
+    assert contributions["method"] == "zeros"
+    assert contributions["modalities"]["tabular"]["drop_one"] == pytest.approx(with_table - without, abs=1e-6)
 
 
 def test_predict_refuses_to_explain_an_ensemble_before_predicting(seeds_run, tmp_path, capsys):

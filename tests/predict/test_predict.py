@@ -305,7 +305,9 @@ def test_a_model_trained_on_the_real_ptbxl_subset_predicts_explains_and_serves(s
         open(client.download_artifacts(run_id, "explanations/explanations.json", str(tmp_path))).read()
     )
     assert len(explained["patients"]) == 2 and "modality_contributions" in explained  # no image: no Grad-CAM
-    assert set(explained["methods"]) == {"signal", "tabular"} and not explained["skipped"]
+    assert set(explained["methods"]) == {"signal", "tabular"}
+    assert list(explained["skipped"]) == ["modality_shapley"]  # concat cannot mask a modality: said, not left out
+    assert "model.fusion 'concat' does not" in explained["skipped"]["modality_shapley"]
     leads = pd.read_csv(client.download_artifacts(run_id, "explanations/signal_attributions.csv", str(tmp_path)))
     assert len(leads) == 2 * 12 and set(leads["lead"]) >= {"I", "II", "V1", "V6"}
     # The pyfunc model takes the raw signal and metadata of a record.
