@@ -86,8 +86,20 @@ class RunLogger(MLFlowLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        """The MLflow client; the first call creates the run and tags its experiment (created or reused)."""
+        """The MLflow client; the first call creates the run and tags its experiment (created or reused).
+
+        Lightning's logger calls ``mlflow.set_tracking_uri``, which also writes ``MLFLOW_TRACKING_URI`` into
+        ``os.environ``: every process started later in this one (a notebook's next command, a sweep's worker,
+        ``mlflow models serve``) would then log to this run's store. The variable is put back as it was; the
+        in-process default that Lightning set stays.
+        """
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         client = super().experiment
+        if os.environ.get("MLFLOW_TRACKING_URI") != before:
+            if before is None:
+                del os.environ["MLFLOW_TRACKING_URI"]
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
         if not getattr(self, "_kind_tagged", False):
             tag_for_model_training(client, self._experiment_id)
             self._kind_tagged = True

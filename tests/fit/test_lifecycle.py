@@ -177,6 +177,23 @@ def test_rank_zero_shares_what_it_decided_and_other_ranks_open_no_store(monkeypa
     assert not (tmp_path / "never.db").exists()
 
 
+@pytest.mark.parametrize("outside", [None, "sqlite:///elsewhere.db"])
+def test_opening_a_run_leaves_the_tracking_uri_of_later_processes_as_it_was(monkeypatch, tmp_path, outside):
+    """Lightning's logger calls mlflow.set_tracking_uri, which writes MLFLOW_TRACKING_URI into os.environ: a
+    sweep worker, ``mlflow models serve`` or a notebook's next command would log to this run's store."""
+    if outside is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", outside)
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    logger = RunLogger(experiment_name="x", tracking_uri=uri, run_name="r", tags={}, log_model=False)
+    run_id = logger.open()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == outside
+    assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"  # the run is in the configured store
+    logger.close("success")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == outside
+
+
 # --------------------------------------------------------------------------------------------------
 # Signals and resume
 
