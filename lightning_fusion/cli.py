@@ -216,6 +216,8 @@ _FOREIGN_LOG_MESSAGES = {
         # testing / predicting with the best checkpoint: these name its staging copy, deleted when the run ends
         r"Restoring states from the checkpoint path at ",
         r"Loaded model weights from the checkpoint at ",
+        # the cosine / one-cycle schedules ask the trainer for the number of optimiser steps (schedules.py)
+        r"Loading `train_dataloader` to estimate number of stepping batches\.$",
     ),
     # our runs log into an experiment that the first run creates: a normal event, not a warning
     "lightning.pytorch.loggers.mlflow": (r"Experiment with name .* not found\. Creating it\.$",),
