@@ -129,6 +129,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def all_runs(uri: str) -> list:
+    """Every run in the MLflow store at ``uri``, of every experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def small_overrides(root: Path, **extra) -> dict:
     """Config overrides for a quick run on the small cohort."""
     overrides = {

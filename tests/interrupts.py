@@ -7,12 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from mlflow.tracking import MlflowClient
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+from tests.conftest import all_runs
 
 
 def interrupt_while_training(

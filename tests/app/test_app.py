@@ -552,9 +552,9 @@ def _stop(process: subprocess.Popen) -> None:
     process.stdout.close()
 
 
-def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
-    """A model trained with keep_missing_modalities (gated fusion): the table may be left out, as in training."""
-    config = load_config(
+def _gated_signal_config():
+    """A model trained with keep_missing_modalities: a gated fusion of the ECG signal and its table."""
+    return load_config(
         None,
         {
             "data.reader": {"name": "ecg"},
@@ -567,6 +567,11 @@ def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
             "trainer.accelerator": "cpu",
         },
     )
+
+
+def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
+    """A model trained with keep_missing_modalities (gated fusion): the table may be left out, as in training."""
+    config = _gated_signal_config()
     torch.manual_seed(0)
     module = FusionLitModule(to_dict(config), signal_model.specs, signal_model.classes).eval()
     model = TrainedModel(module, signal_model.preprocessors, Path("untrained.ckpt"), {})
@@ -601,19 +606,7 @@ def test_a_masking_model_predicts_without_an_optional_upload(signal_model):
 
 def test_the_page_shows_each_modalitys_drop_one_delta_and_shapley_value(signal_model):
     """A masking model: the Shapley values add up to P(predicted) minus its training prior; concat says why not."""
-    config = load_config(
-        None,
-        {
-            "data.reader": {"name": "ecg"},
-            "data.root": "unused",
-            "data.keep_missing_modalities": True,
-            "model.modalities": ["signal", "tabular"],
-            "model.fusion": "gated",
-            "model.encoders.signal": {"name": "signal_mlp", "widths": [8]},
-            "model.encoders.tabular": {"name": "mlp", "widths": [8]},
-            "trainer.accelerator": "cpu",
-        },
-    )
+    config = _gated_signal_config()
     torch.manual_seed(0)
     weights = [1.0, 2.0, 0.5]  # balanced class weights n / (K n_k): training frequencies 2/7, 1/7, 4/7
     module = FusionLitModule(to_dict(config), signal_model.specs, signal_model.classes, weights).eval()

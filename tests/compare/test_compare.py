@@ -22,15 +22,14 @@ from lightning_fusion.compare.procedures import (
 )
 from lightning_fusion.config import load_config
 from lightning_fusion.errors import ConfigError
-from tests.conftest import small_overrides
-from tests.interrupts import all_runs, interrupt_while_training, lightning_style_interrupt, raise_or_call
+from tests.conftest import all_runs, small_overrides
+from tests.interrupts import interrupt_while_training, lightning_style_interrupt, raise_or_call
 
 FUSIONS = "concat,late_weighted,stacking,ensemble_mean"
 
 
 def _runs(uri):
-    client = MlflowClient(uri)
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return MlflowClient(uri), all_runs(uri)
 
 
 @pytest.fixture(scope="module")

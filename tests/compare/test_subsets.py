@@ -14,14 +14,13 @@ from lightning_fusion.compare import __main__ as compare_cli
 from lightning_fusion.compare.subsets import modality_shapley, subset_plans
 from lightning_fusion.config import EvaluationConfig, evolve, load_config
 from lightning_fusion.errors import ConfigError
-from tests.conftest import cli_argv, small_overrides
+from tests.conftest import all_runs, cli_argv, small_overrides
 
 SHAPLEY_ARTIFACTS = {"shapley.csv", "subset_scores.csv", "shapley.md", "shapley.png", "report.html"}
 
 
 def _runs(uri):
-    client = MlflowClient(uri)
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return MlflowClient(uri), all_runs(uri)
 
 
 @pytest.fixture(scope="module")

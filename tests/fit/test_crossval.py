@@ -15,8 +15,8 @@ from lightning_fusion.data.datamodule import MultimodalDataModule
 from lightning_fusion.data.splits import cross_validation_folds
 from lightning_fusion.errors import DataError, LeakageError
 from lightning_fusion.fit import __main__ as fit_cli
-from tests.conftest import small_overrides
-from tests.interrupts import all_runs, interrupt_while_training, lightning_style_interrupt, raise_or_call
+from tests.conftest import all_runs, small_overrides
+from tests.interrupts import interrupt_while_training, lightning_style_interrupt, raise_or_call
 
 
 def _records(n_patients=40, seed=0):

@@ -6,16 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from lightning_fusion.compare import __main__ as compare_cli
 from lightning_fusion.fit import __main__ as fit_cli
-from tests.conftest import cli_argv, small_overrides
-
-
-def _runs(uri):
-    client = MlflowClient(uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+from tests.conftest import all_runs, cli_argv, small_overrides
 
 
 @pytest.mark.parametrize(
@@ -31,7 +25,7 @@ def test_fit_trains_and_tests_the_new_fusions_by_name(small_cohort, mlflow_store
     argv = cli_argv(small_overrides(small_cohort, **{"trainer.max_epochs": 1})) + options
     with contextlib.redirect_stdout(io.StringIO()):
         assert fit_cli.main(argv) == 0
-    (run,) = _runs(mlflow_store["uri"])
+    (run,) = all_runs(mlflow_store["uri"])
     assert run.info.status == "FINISHED" and run.data.tags["lf.fusion"] == options[1]
     assert np.isfinite(run.data.metrics["test/loss"]) and "test/auroc" in run.data.metrics
     if "--model.aux_loss_weight" in options:  # the auxiliary unimodal losses, logged beside the loss
@@ -46,7 +40,7 @@ def test_compare_takes_the_new_fusions_by_name(small_cohort, mlflow_store):
     with contextlib.redirect_stdout(out):
         assert compare_cli.main(["--fusions", "lmf,film,daft", *cli_argv(overrides)]) == 0
     fused = sorted(
-        r.data.tags["lf.fusion"] for r in _runs(mlflow_store["uri"]) if r.data.tags.get("lf.model_kind") == "fusion"
+        r.data.tags["lf.fusion"] for r in all_runs(mlflow_store["uri"]) if r.data.tags.get("lf.model_kind") == "fusion"
     )
     assert fused == ["daft", "film", "lmf"]
     assert all(f"fusion {name}" in out.getvalue() for name in ("lmf", "film", "daft"))

@@ -14,7 +14,7 @@ from lightning_fusion.errors import ConfigError
 from lightning_fusion.sweep import __main__ as sweep_cli
 from lightning_fusion.sweep.runner import run_sweep
 from lightning_fusion.sweep.study import load_study, sample
-from tests.conftest import PROJECT_ROOT, small_overrides
+from tests.conftest import PROJECT_ROOT, all_runs, small_overrides
 
 ABLATIONS = sorted((PROJECT_ROOT / "ablations").glob("*.yaml"))
 
@@ -111,8 +111,7 @@ def test_conditional_parameters_are_sampled_only_when_their_condition_holds(tmp_
 
 
 def _runs(uri):
-    client = MlflowClient(uri)
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return MlflowClient(uri), all_runs(uri)
 
 
 def test_sweep_runs_prunes_and_resumes(tmp_path, small_cohort, mlflow_store):
