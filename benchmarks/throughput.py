@@ -60,6 +60,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from lightning_fusion.cli import quiet_other_libraries  # noqa: E402
 from lightning_fusion.config import load_config  # noqa: E402
 from lightning_fusion.data.batch_transforms import BatchAugment  # noqa: E402
 from lightning_fusion.data.cohort import Cohort  # noqa: E402
@@ -592,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    quiet_other_libraries()  # Lightning's own deprecation warnings are not the reader's business
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: use --cpu (with --tiny for small sizes)")
     args.steps = args.steps or (8 if args.tiny or args.cpu else 50)
