@@ -239,6 +239,12 @@ _FOREIGN_WARNINGS = (
     # a class absent from a (small) validation or test split: its one-vs-rest AUROC is undefined; the
     # data module's INFO line already shows the per-split class counts
     (r"No (positive|negative) samples in targets", UserWarning, r"torchmetrics\.utilities\.prints"),
+    # a resumed run keeps checkpointing into its own staging folder, which holds its last checkpoint on purpose
+    (
+        r"Checkpoint directory .* exists and is not empty\.$",
+        UserWarning,
+        r"lightning\.pytorch\.callbacks\.model_checkpoint",
+    ),
 )
 
 
