@@ -21,7 +21,14 @@ from lightning_fusion.compare.results import ComparedModel, ComparisonResult
 from lightning_fusion.config import EvaluationConfig, ExperimentConfig
 from lightning_fusion.evaluation import holm_adjust, mcnemar_test, paired_auroc_difference
 from lightning_fusion.evaluation.decision_curve import decision_curve_figure, decision_curves
-from lightning_fusion.evaluation.report import dataset_section, image_html, markdown_table, render_report, table_html
+from lightning_fusion.evaluation.report import (
+    dataset_section,
+    image_html,
+    interval_bars,
+    markdown_table,
+    render_report,
+    table_html,
+)
 from lightning_fusion.evaluation.scoring import png_bytes
 from lightning_fusion.mlflow_ui import describe, metric_column, save_children_view, tag_column, view_name, view_path
 from lightning_fusion.tracking import RunLogger, metric_key_part
@@ -146,13 +153,7 @@ def comparison_figure(table: pd.DataFrame, test_patients: int):
     """Grouped bars with interval whiskers: test balanced accuracy, macro F1 and AUROC per model."""
     metrics = ("balanced_accuracy", "f1_macro", "auroc")
     figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(table) + 2), 4.4))
-    x = np.arange(len(table))
-    width = 0.8 / len(metrics)
-    for i, metric in enumerate(metrics):
-        values = table[metric].to_numpy()
-        errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
-        bars = axes.bar(x + (i - 1) * width, values, width, label=metric, yerr=errors, capsize=2)
-        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1, label_type="center")
+    x = interval_bars(axes, table, metrics, fmt="%.2f", capsize=2)
     axes.set_xticks(x, table["model"], rotation=25, ha="right")
     axes.set_ylim(0, 1.08)
     axes.set_ylabel(f"test ({test_patients} patients)")

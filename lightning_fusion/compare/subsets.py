@@ -29,7 +29,7 @@ import pandas as pd
 from lightning_fusion.compare.results import ComparedModel
 from lightning_fusion.config import EvaluationConfig, ExperimentConfig, evolve
 from lightning_fusion.errors import ConfigError
-from lightning_fusion.evaluation.report import image_html, markdown_table, table_html
+from lightning_fusion.evaluation.report import image_html, interval_bars, markdown_table, table_html
 from lightning_fusion.evaluation.scoring import png_bytes
 from lightning_fusion.evaluation.shapley import SHAPLEY_METRICS, SubsetShapley, all_subsets, subset_shapley
 from lightning_fusion.tracking import RunLogger, metric_key_part
@@ -146,14 +146,7 @@ def display_intervals(
 def shapley_figure(table: pd.DataFrame, scope: str, confidence: float = 0.95):
     """Bars per modality (Shapley AUROC and balanced accuracy) with bootstrap-interval whiskers."""
     figure, axes = plt.subplots(figsize=(max(5.0, 1.4 * len(table) + 2), 4.0))
-    x = np.arange(len(table))
-    width = 0.8 / len(SHAPLEY_METRICS)
-    for i, metric in enumerate(SHAPLEY_METRICS):
-        values = table[metric].to_numpy()
-        errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
-        offset = (i - (len(SHAPLEY_METRICS) - 1) / 2) * width
-        bars = axes.bar(x + offset, values, width, label=metric, yerr=errors, capsize=3)
-        axes.bar_label(bars, fmt="%+.2f", fontsize=7, label_type="center")  # clear of the whiskers
+    x = interval_bars(axes, table, SHAPLEY_METRICS, fmt="%+.2f", capsize=3)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(x, table["modality"])
     axes.set_ylabel("Shapley value (score above chance)")

@@ -12,6 +12,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from lightning_fusion.evaluation import Interval
 
 _STYLE = """
@@ -49,6 +51,20 @@ def markdown_table(table: Any, columns: Sequence[str] | None = None) -> str:
     for _, row in table[columns].iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def interval_bars(axes, table, metrics, fmt: str, capsize: float) -> np.ndarray:
+    """Grouped bars of ``metrics`` per row of ``table`` with whiskers from its ``<metric>_ci_low`` /
+    ``<metric>_ci_high`` columns, each bar labelled inside (clear of the whiskers); returns the group positions."""
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        values = table[metric].to_numpy()
+        errors = np.clip(np.vstack([values - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - values]), 0, None)
+        offset = (i - (len(metrics) - 1) / 2) * width
+        bars = axes.bar(x + offset, values, width, label=metric, yerr=errors, capsize=capsize)
+        axes.bar_label(bars, fmt=fmt, fontsize=7, label_type="center")
+    return x
 
 
 def image_html(png: bytes, alt: str) -> str:
