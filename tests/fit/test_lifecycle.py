@@ -639,13 +639,20 @@ def test_torchrun_sigterm_then_resume_under_torchrun_and_a_dead_rank(small_cohor
 
 
 @pytest.mark.slow
-def test_torchrun_cross_validation_makes_one_parent_and_one_run_per_fold(small_cohort, mlflow_store):
+@pytest.mark.parametrize(
+    ("option", "member_tag", "tested"), [("--cv", "lf.fold", "cv/auroc_mean"), ("--seeds", "lf.member", "test/auroc")]
+)
+def test_torchrun_ensemble_makes_one_parent_and_one_run_per_member(
+    small_cohort, mlflow_store, option, member_tag, tested
+):
+    """``fit --cv 2`` and ``fit --seeds 2`` under torchrun: both ranks train every member, rank 0 alone has the
+    runs, and the parent holds the one tested ensemble."""
     overrides = small_overrides(
         small_cohort, **{"trainer.devices": 2, "trainer.strategy": "ddp", "trainer.max_epochs": 1}
     )
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "lightning_fusion.fit", *cli_argv(overrides), "--cv", "2"],
+        + ["-m", "lightning_fusion.fit", *cli_argv(overrides), option, "2"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -653,11 +660,14 @@ def test_torchrun_cross_validation_makes_one_parent_and_one_run_per_fold(small_c
     )
     assert done.returncode == 0, done.stderr[-4000:]
     runs = _runs(mlflow_store["uri"])
-    assert sorted((r.info.status, r.data.tags.get("lf.fold", "parent")) for r in runs) == [
+    assert sorted((r.info.status, r.data.tags.get(member_tag, "parent")) for r in runs) == [
         ("FINISHED", "0"),
         ("FINISHED", "1"),
         ("FINISHED", "parent"),
     ]
+    [parent] = [r for r in runs if member_tag not in r.data.tags]
+    assert tested in parent.data.metrics
+    assert "checkpoints/ensemble.json" in _artifacts(mlflow_store["uri"], parent.info.run_id, "checkpoints")
     assert done.stdout.count("MLflow parent run") == 1
 
 
