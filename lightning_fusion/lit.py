@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_fusion.config import ExperimentConfig, resolve, to_dict
 from lightning_fusion.data.kinds import KINDS
+from lightning_fusion.errors import ConfigError
 from lightning_fusion.losses import training_loss
 from lightning_fusion.metrics import per_class_metrics, per_class_names, summary_metrics
 from lightning_fusion.models import ModalitySpec, build_model
@@ -24,6 +25,7 @@ from lightning_fusion.schedules import build_schedule
 
 CHECKPOINT_KEY = "lightning_fusion"  # our part of a Lightning checkpoint: format version + fitted preprocessing
 CHECKPOINT_FORMAT = 1
+TTA_SEED = 0  # evaluation.tta's copy k draws its augmentation from a generator seeded TTA_SEED + k
 
 
 class FusionLitModule(L.LightningModule):
@@ -75,6 +77,13 @@ class FusionLitModule(L.LightningModule):
         self.kinds = {m: KINDS.get(s["kind"]) for m, s in specs.items()}
         data = self.experiment_config.data
         self.batch_augmentations = {m: kind.batch_augmentation(data) for m, kind in self.kinds.items()}
+        self.tta = self.experiment_config.evaluation.tta
+        if self.tta and not any(self.batch_augmentations[m] for m in self.modalities):
+            raise ConfigError(
+                f"evaluation.tta {self.tta} averages augmented copies, but none of {self.modalities} is augmented: "
+                "enable data.augment (images), data.signal.augment (signals) or data.tabular.noise (tables), "
+                "or set evaluation.tta 0"
+            )
         self.channels_last = False  # set by setup() from trainer.channels_last
         self._compiled = False
 
@@ -106,6 +115,34 @@ class FusionLitModule(L.LightningModule):
         """Class logits ``(B, K)`` for a batch dict holding (at least) the model's modalities."""
         batch = self.finish_batch({m: batch[m] for m in self.modalities if m in batch}) | _present(batch)
         return self.model(batch)
+
+    def probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Class probabilities ``(B, K)``: the softmax of :meth:`forward`, averaged with ``evaluation.tta``
+        augmented copies when it is set (the test step, predict, serving and the web page all use it)."""
+        return self._with_tta(batch, self(batch).float().softmax(dim=1))
+
+    def _with_tta(self, batch: Mapping[str, Any], probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` of the batch as it is, averaged with those of ``evaluation.tta`` augmented copies.
+
+        Copy ``k`` applies one draw of each modality's training augmentation, the same draw to every input
+        (its generator is seeded with ``TTA_SEED + k`` for each input), so an input's probabilities do not
+        depend on the batch it came in, the process or the call: the test step and predict agree.
+        """
+        if not self.tta:
+            return probs
+        finished = self.finish_batch({m: batch[m] for m in self.modalities if m in batch}) | _present(batch)
+        device = probs.device
+        total = probs
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
+            for k in range(self.tta):
+                copy = dict(finished)
+                for modality, augmentation in self.batch_augmentations.items():
+                    if augmentation is not None and modality in copy:
+                        copy[modality] = torch.cat(
+                            [_seeded(augmentation, row, TTA_SEED + k) for row in copy[modality].split(1)]
+                        )
+                total = total + self.model(copy).float().softmax(dim=1)
+        return total / (self.tta + 1)
 
     def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self(batch)
@@ -152,7 +189,8 @@ class FusionLitModule(L.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=len(target))
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, probs, target = self._step(batch)
+        loss, probs, target = self._step(batch)  # the loss of the network's own output; probs with evaluation.tta
+        probs = self._with_tta(batch, probs)
         self.test_metrics.update(probs, target)
         self.test_per_class.update(probs, target)
         self.test_confusion.update(probs, target)
@@ -162,7 +200,7 @@ class FusionLitModule(L.LightningModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities with the sample ``index`` and true ``label`` (for predictions on a labelled split)."""
-        return {"index": batch["index"], "probs": self(batch).float().softmax(dim=1), "label": batch["label"]}
+        return {"index": batch["index"], "probs": self.probabilities(batch), "label": batch["label"]}
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
@@ -207,6 +245,11 @@ class FusionLitModule(L.LightningModule):
         # the Trainer gives the run's length; plateau needs none, so it also builds outside a Trainer
         schedule = build_schedule(optimizer, optim, self._trainer)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def _seeded(augmentation: Any, row: torch.Tensor, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return augmentation(row)
 
 
 def _present(batch: Mapping[str, Any]) -> dict[str, Any]:

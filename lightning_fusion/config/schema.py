@@ -358,8 +358,14 @@ class EvaluationConfig:
     threshold: str = "fixed"
     target_sensitivity: float = 0.9  # sensitivity: the validation sensitivity the threshold must reach
     fixed_threshold: float = 0.5  # fixed: the threshold (0.5: the more probable class)
+    # test-time augmentation: the class probabilities of the test step, predict, serving and the web page
+    # are the mean over the input and N copies augmented by each modality's training augmentation
+    # (data.augment, data.signal.augment, data.tabular.noise); 0: none. Validation (checkpoint choice) stays un-augmented.
+    tta: int = 0
 
     def __post_init__(self) -> None:
+        if self.tta < 0:
+            raise ValueError(f"tta must be >= 0 (augmented copies per input), got {self.tta}")
         if self.bootstrap_resamples < 1000:
             raise ValueError(f"bootstrap_resamples must be >= 1000, got {self.bootstrap_resamples}")
         if not 0.5 <= self.confidence < 1:

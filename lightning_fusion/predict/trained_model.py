@@ -141,7 +141,7 @@ class TrainedModel:
                 rows = slice(start, start + batch_size)
                 chunk = {m: a[rows] for m, a in arrays.items()}
                 flags = {m: f[rows] for m, f in present.items()} if present else None
-                probs.append(self.module(collate_arrays(chunk, kinds, flags)).float().softmax(dim=1))
+                probs.append(self.module.probabilities(collate_arrays(chunk, kinds, flags)))
         return torch.cat(probs).numpy().astype(np.float64)
 
     def check_arrays(self, arrays: dict[str, np.ndarray]) -> None:
