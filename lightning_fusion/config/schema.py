@@ -360,7 +360,8 @@ class EvaluationConfig:
     fixed_threshold: float = 0.5  # fixed: the threshold (0.5: the more probable class)
     # test-time augmentation: the class probabilities of the test step, predict, serving and the web page
     # are the mean over the input and N copies augmented by each modality's training augmentation
-    # (data.augment, data.signal.augment, data.tabular.noise); 0: none. Validation (checkpoint choice) stays un-augmented.
+    # (data.augment, data.signal.augment, data.tabular.noise); 0: none. Validation (the checkpoint's choice)
+    # stays un-augmented.
     tta: int = 0
 
     def __post_init__(self) -> None:
