@@ -74,27 +74,6 @@ def _val_epochs_logged(database: Path) -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_in_a_fresh_folder_make_one_finished_run(small_cohort, tmp_path, monkeypatch):
-    """torchrun starts both ranks at once in an empty folder: one store, one FINISHED run with its metrics."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, ./mlflow.db, created here
-    overrides = small_overrides(small_cohort, **{"trainer.devices": 2, "trainer.strategy": "ddp"})
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "lightning_fusion.fit", *cli_argv(overrides)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = _one_finished_run_with_metrics(uri, epochs=2)
-    assert done.stdout.count("MLflow run ") == 1 and run.info.run_id in done.stdout  # rank 0 reports, once
-    assert not (tmp_path / "mlruns" / ".staging").exists()
-
-
-@pytest.mark.slow
 def test_slurm_style_processes_started_by_hand_make_one_finished_run(small_cohort, mlflow_store):
     """What srun does: two processes, each told its SLURM_PROCID; Lightning's SLURMEnvironment ranks them."""
     overrides = small_overrides(small_cohort, **{"trainer.devices": 2, "trainer.strategy": "ddp"})
@@ -646,19 +625,22 @@ def test_torchrun_ensemble_makes_one_parent_and_one_run_per_member(
     small_cohort, mlflow_store, option, member_tag, tested
 ):
     """``fit --cv 2`` and ``fit --seeds 2`` under torchrun: both ranks train every member, rank 0 alone has the
-    runs, and the parent holds the one tested ensemble."""
+    runs, and the parent holds the one tested ensemble. Both ranks start at once in an empty folder with the
+    default store (``./mlflow.db``, created here): one store, no staging folder left."""
     overrides = small_overrides(
         small_cohort, **{"trainer.devices": 2, "trainer.strategy": "ddp", "trainer.max_epochs": 1}
     )
+    assert not Path("mlflow.db").exists()  # mlflow_store's folder is the working directory; nothing in it yet
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         + ["-m", "lightning_fusion.fit", *cli_argv(overrides), option, "2"],
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env={k: v for k, v in _env().items() if k != "MLFLOW_TRACKING_URI"},  # the default store, here
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    assert not Path("mlruns", ".staging").exists()
     runs = _runs(mlflow_store["uri"])
     assert sorted((r.info.status, r.data.tags.get(member_tag, "parent")) for r in runs) == [
         ("FINISHED", "0"),
