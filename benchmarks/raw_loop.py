@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--recipes", nargs="*", default=None, help="framework rows: FILE[:modality,...]")
+    parser.add_argument(
+        "--no-raw-loop", action="store_true", help="framework rows only (rows to add to a table measured before)"
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (tests)")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("LF_DATA_DIR", PROJECT.parent / "shared" / "data"))
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as store:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             raw = partial(RAW_LOOPS[modality], arrays, seed, args.epochs, limit=args.limit_batches)
-            runs = {f"raw loop ({modality})": raw}
+            runs = {} if args.no_raw_loop else {f"raw loop ({modality})": raw}
             for recipe in recipes:
                 runs[f"framework {recipe}"] = partial(
                     framework_row, args.dataset, args.data_dir, recipe, seed, args.epochs, store, args.limit_batches

@@ -49,6 +49,13 @@ def test_pneumoniamnist_comparison_runs_on_the_real_split(shared_data, tmp_path)
     assert "train 4229 (3136 positive), val 469 (348 positive), test 524 (389 positive)" in table
 
 
+def test_framework_rows_alone_with_no_raw_loop(shared_data):
+    argv = ["pneumoniamnist", "--seeds", "1", "--epochs", "1", "--limit-batches", "1", "--no-raw-loop"]
+    table = raw_loop.main([*argv, "--recipes", "experiments/pneumoniamnist.yaml", "--data-dir", str(shared_data)])
+    assert "raw loop" not in table
+    assert "| framework experiments/pneumoniamnist.yaml |" in table
+
+
 def test_an_unknown_data_set_is_refused():
     with pytest.raises(SystemExit):
         raw_loop.main(["mnist"])
