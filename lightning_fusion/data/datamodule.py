@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lightning_fusion.config import DataConfig
 from lightning_fusion.data.cohort import Cohort, JoinReport, class_counts, join_modalities, label_indices
-from lightning_fusion.data.dataset import BatchedSamples, MultimodalDataset, collated
+from lightning_fusion.data.dataset import BatchedSamples, MultimodalDataset, collated, seed_worker_augmentation
 from lightning_fusion.data.kinds import KINDS, kind_of
 from lightning_fusion.data.kinds.base import Preprocessor
 from lightning_fusion.data.memory_map import MappedRows, mapped_split
@@ -263,6 +263,8 @@ class MultimodalDataModule(L.LightningDataModule):
         settings = self.loader_settings()
         dataset = self.datasets[split]
         sampler = self.balanced_sampler() if shuffle and self.config.sampler == "balanced" else None
+        if settings.num_workers == 0:  # the augmentation runs here: the run's seed (seed_everything), per rank
+            dataset.seed_augmentation(torch.initial_seed() + (self.trainer.global_rank if self.trainer else 0))
         return DataLoader(
             BatchedSamples(dataset) if settings.pipeline == "device" else dataset,
             batch_size=self.config.batch_size,
@@ -273,6 +275,7 @@ class MultimodalDataModule(L.LightningDataModule):
             pin_memory=settings.pin_memory,
             collate_fn=collated if settings.pipeline == "device" else None,
             drop_last=shuffle and per_process > self.config.batch_size,
+            worker_init_fn=seed_worker_augmentation if settings.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -54,6 +54,12 @@ class MultimodalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patient_ids)
 
+    def seed_augmentation(self, seed: int) -> None:
+        """Seed the per-sample augmentation. albumentations keeps its own generator, which no global seed
+        (``lightning.seed_everything``) reaches: unseeded, every run would augment differently."""
+        if self.image_transform is not None and hasattr(self.image_transform, "set_random_seed"):
+            self.image_transform.set_random_seed(seed % 2**32)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample: dict[str, Any] = {}
         for modality, values in self.arrays.items():
@@ -81,6 +87,22 @@ class MultimodalDataset(Dataset):
         batch["index"] = torch.from_numpy(rows)
         batch["patient_id"] = [self.patient_ids[i] for i in rows]
         return batch
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """A training loader's ``worker_init_fn``: each worker's copy of the augmentation gets the worker's own
+    torch seed (the loader's base seed, drawn from the run's seeded generator, plus the worker id), so
+    workers augment differently from each other and the same on every run; then Lightning's own worker
+    seeding (numpy, random, torch) when ``seed_everything(workers=True)`` asked for it."""
+    import os
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset.dataset if isinstance(info.dataset, BatchedSamples) else info.dataset
+    dataset.seed_augmentation(info.seed)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
 
 
 class BatchedSamples(Dataset):

@@ -21,6 +21,7 @@ from lightning_fusion.config import AugmentConfig, DataConfig, load_config
 from lightning_fusion.data.batch_transforms import BatchAugment, affine_warp
 from lightning_fusion.data.datamodule import MultimodalDataModule, resolve_loader_settings
 from lightning_fusion.data.dataset import BatchedSamples
+from lightning_fusion.data.kinds import KINDS
 from lightning_fusion.data.transforms import build_augmentation
 from lightning_fusion.errors import ConfigError
 from lightning_fusion.lit import FusionLitModule
@@ -169,6 +170,7 @@ def test_the_batch_augmentation_draws_like_the_per_sample_one():
     torch.manual_seed(0)
     batch = BatchAugment(options)(torch.from_numpy(flat).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     per_sample = build_augmentation(options)
+    per_sample.set_random_seed(0)  # albumentations' own generator: no global seed reaches it
     uint8 = (flat * 255).round().astype(np.uint8)
     one_by_one = np.stack([per_sample(image=image)["image"] for image in uint8]).astype(np.float32) / 255
     drawn = {name: _factor_and_moved(out, flat) for name, out in (("batch", batch), ("per_sample", one_by_one))}
@@ -177,9 +179,56 @@ def test_the_batch_augmentation_draws_like_the_per_sample_one():
         assert factor.min() >= 0.79 and factor.max() <= 1.21, name
         assert 0.38 < brightened.mean() < 0.62 and 0.38 < warped.mean() < 0.62, name
         assert 0.17 < (~brightened & ~warped).mean() < 0.33, name
+    # ~200 brightened images each, factors uniform on [0.8, 1.2] (sd 0.115): a mean's standard error is
+    # 0.008 and a difference of two means 0.012, so 0.045 is ~4 standard errors of the difference
     factors = {name: f[np.abs(f - 1) > 0.005] for name, (f, _) in drawn.items()}
-    assert abs(factors["batch"].mean() - factors["per_sample"].mean()) < 0.02
-    assert abs(factors["batch"].std() - factors["per_sample"].std()) < 0.02  # uniform on [0.8, 1.2]: 0.115
+    assert abs(factors["batch"].mean() - factors["per_sample"].mean()) < 0.045
+    assert abs(factors["batch"].std() - factors["per_sample"].std()) < 0.03
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_per_sample_augmentation_follows_the_run_seed(small_cohort_master, workers):
+    """albumentations draws from its own generator; the training loader seeds it from the run's seed (in the
+    loader's workers, from each worker's seed), so one seed gives the same augmented batches twice."""
+    settings = {"data.pipeline": "per_sample", "data.num_workers": workers, "data.augment.p": 1.0}
+    config = load_config(None, small_overrides(small_cohort_master, **settings))
+    datamodule = MultimodalDataModule(config.data, config.model.modalities)
+    datamodule.setup("fit")
+
+    def first_batch(seed: int) -> dict:
+        torch.manual_seed(seed)  # what seed_everything does for the run
+        return next(iter(datamodule.train_dataloader()))
+
+    first, again, other = first_batch(3), first_batch(3), first_batch(4)
+    assert torch.equal(first["index"], again["index"]) and torch.equal(first["image"], again["image"])
+    image = KINDS.get("image")
+    plain = torch.stack([image.to_tensor(datamodule.datasets["train"].arrays["image"][i]) for i in first["index"]])
+    assert not torch.equal(first["image"], plain)  # it did augment
+    assert not torch.equal(first["image"], other["image"])
+
+
+def test_loader_workers_augment_differently_from_each_other():
+    """Forked workers copy one generator: without their own seeds, every worker's n-th image gets the same
+    draw (the classic identical-augmentation bug)."""
+    from lightning_fusion.data.dataset import MultimodalDataset, seed_worker_augmentation
+
+    images = np.tile(np.linspace(0, 255, 32 * 32, dtype=np.uint8).reshape(1, 32, 32, 1), (4, 1, 1, 1))
+    dataset = MultimodalDataset(
+        [f"p{i}" for i in range(4)],
+        np.zeros(4),
+        {"image": images},
+        {"image": "image"},
+        build_augmentation(AugmentConfig(p=1.0)),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=1,
+        num_workers=2,
+        worker_init_fn=seed_worker_augmentation,
+        generator=torch.Generator().manual_seed(0),
+    )
+    first_of_each_worker = [batch["image"] for batch in loader][:2]  # batches alternate between the workers
+    assert not torch.equal(*first_of_each_worker)
 
 
 # --------------------------------------------------------------------------------------------------

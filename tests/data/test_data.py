@@ -117,7 +117,7 @@ def test_the_last_partial_batch_is_dropped_only_when_each_process_keeps_a_full_o
     datamodule = _datamodule(small_cohort, **{"data.batch_size": 32})
     train = len(datamodule.datasets["train"])
     assert 32 < train <= 64  # the small cohort: more than one batch in one process, less than one in two
-    datamodule.trainer = SimpleNamespace(world_size=world_size)
+    datamodule.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
     assert datamodule.train_dataloader().drop_last == (world_size == 1)
     assert not datamodule.val_dataloader().drop_last
 
