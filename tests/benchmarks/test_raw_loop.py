@@ -49,11 +49,17 @@ def test_pneumoniamnist_comparison_runs_on_the_real_split(shared_data, tmp_path)
     assert "train 4229 (3136 positive), val 469 (348 positive), test 524 (389 positive)" in table
 
 
-def test_framework_rows_alone_with_no_raw_loop(shared_data):
-    argv = ["pneumoniamnist", "--seeds", "1", "--epochs", "1", "--limit-batches", "1", "--no-raw-loop"]
-    table = raw_loop.main([*argv, "--recipes", "experiments/pneumoniamnist.yaml", "--data-dir", str(shared_data)])
-    assert "raw loop" not in table
-    assert "| framework experiments/pneumoniamnist.yaml |" in table
+def test_framework_rows_alone_with_no_raw_loop(monkeypatch):
+    """Only the routing is under test here: the fit and the data are the other tests' business."""
+    labels = np.array([0, 1, 1])
+    monkeypatch.setattr(raw_loop, "split_arrays", lambda *a: {s: (None, labels) for s in ("train", "val", "test")})
+    monkeypatch.setattr(raw_loop, "RAW_LOOPS", {"image": lambda *a, **k: pytest.fail("the raw loop ran")})
+    fits = []
+    monkeypatch.setattr(raw_loop, "framework_row", lambda *a: fits.append(a[2]) or dict.fromkeys(raw_loop.METRICS, 0.5))
+    argv = ["pneumoniamnist", "--seeds", "2", "--no-raw-loop", "--recipes", "a.yaml", "b.yaml:image"]
+    table = raw_loop.main(argv)
+    assert fits == ["a.yaml", "b.yaml:image"] * 2
+    assert "raw loop" not in table and "| framework a.yaml |" in table and "| framework b.yaml:image |" in table
 
 
 def test_an_unknown_data_set_is_refused():
