@@ -233,6 +233,15 @@ def test_unimodal_models_are_one_override_away(small_cohort, mlflow_store, modal
     assert np.isfinite(result.test_metrics["test/loss"])
 
 
+def test_one_seed_trains_the_same_model_twice(small_cohort, mlflow_store):
+    """Every random draw follows ``seed``, the per-sample image augmentation in the loader included."""
+    settings = {"model.modalities": ["image"], "trainer.max_epochs": 1, "data.pipeline": "per_sample"}
+    settings |= {"data.augment.p": 1.0, "evaluation.explain_patients": 0, "tracking.log_model": False}
+    config = load_config(None, small_overrides(small_cohort, **settings))
+    first, second = (fit(config, keep_predictions=True).predictions["test"] for _ in range(2))
+    assert np.array_equal(first.patient_ids, second.patient_ids) and np.array_equal(first.probs, second.probs)
+
+
 def test_cli_print_config_and_errors(capsys, tmp_path):
     assert fit_cli.main(["--print-config", "--trainer.max_epochs", "3"]) == 0
     assert "max_epochs: 3" in capsys.readouterr().out
