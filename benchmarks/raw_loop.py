@@ -1,7 +1,7 @@
 """Raw PyTorch baselines beside the framework's recipes, on the same samples, split and epoch budget.
 
-    python benchmarks/raw_loop.py pneumoniamnist --seeds 3 --epochs 12
-    python benchmarks/raw_loop.py ptbxl --seeds 3 --epochs 20
+    python benchmarks/raw_loop.py pneumoniamnist --seeds 3 --epochs 24
+    python benchmarks/raw_loop.py ptbxl --seeds 3 --epochs 12
     python benchmarks/raw_loop.py ptbxl --recipes experiments/ptbxl_fusion.yaml:signal  # framework rows to add
 
 The raw loops are what a user writes in ~50 lines: no Lightning, no callbacks, no early stopping; on

@@ -11,7 +11,7 @@ mkdir -p "$out"
 "$python" benchmarks/raw_loop.py pneumoniamnist --seeds 3 --epochs 24 \
   --recipes experiments/pneumoniamnist_baseline.yaml experiments/pneumoniamnist.yaml \
   --out "$out/recipes_pneumoniamnist.md" 2>&1 | grep -E "seed [0-9]:|^\||^[0-9]+ seed"
-"$python" benchmarks/raw_loop.py ptbxl --seeds 3 --epochs 20 \
+"$python" benchmarks/raw_loop.py ptbxl --seeds 3 --epochs 12 \
   --recipes experiments/ptbxl_fusion_baseline.yaml:signal experiments/ptbxl_fusion_baseline.yaml:signal,tabular \
   experiments/ptbxl_fusion.yaml:signal experiments/ptbxl_fusion.yaml:signal,tabular experiments/ptbxl_fusion.yaml:tabular \
   --out "$out/recipes_ptbxl.md" 2>&1 | grep -E "seed [0-9]:|^\||^[0-9]+ seed"
