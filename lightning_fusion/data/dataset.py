@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -94,8 +95,6 @@ def seed_worker_augmentation(worker_id: int) -> None:
     torch seed (the loader's base seed, drawn from the run's seeded generator, plus the worker id), so
     workers augment differently from each other and the same on every run; then Lightning's own worker
     seeding (numpy, random, torch) when ``seed_everything(workers=True)`` asked for it."""
-    import os
-
     from lightning.fabric.utilities.seed import pl_worker_init_function
 
     info = torch.utils.data.get_worker_info()
